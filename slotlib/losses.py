@@ -1,0 +1,33 @@
+"""Losses as pure functions: cross-entropy plus SCOUTER's area loss.
+
+Shape letters: B batch, K classes, S slots, N tokens.
+
+Reference: Li et al., SCOUTER (ICCV 2021), eq. 7: the area loss is the mean attention, so
+minimising it makes each slot attend to a small region; ``lambda_area`` weighs it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def area_loss(attn: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """Mean attention over batch, slots and tokens, to ``power``: ``attn [B,S,N]`` -> scalar."""
+    return attn.mean() ** power
+
+
+def slot_classification_loss(logits: torch.Tensor, target: torch.Tensor, attn: torch.Tensor, *,
+                             head: str, lambda_area: float, area_power: float = 1.0,
+                             label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy, plus ``lambda_area`` * area loss for the SCOUTER head.
+
+    The area term only applies to SCOUTER's sigmoid attention: softmax attention over slots has
+    a constant mean (1/S) and a linear head's class map is no attention at all.
+    Returns the total and its parts (detached) for logging.
+    """
+    ce = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)  # logits [B,K], target [B]
+    if head != "scouter":
+        return ce, {"ce": ce.detach()}
+    area = area_loss(attn.float(), area_power)
+    return ce + lambda_area * area, {"ce": ce.detach(), "area": area.detach()}

@@ -1,0 +1,136 @@
+"""SlotClassifier: timm backbone (features_only) -> 1x1 projection -> position encoding -> head.
+
+Shape letters: B batch, C backbone channels, H x W feature map, N = H*W tokens, D hidden dim,
+S slots, K classes.
+
+The backbone is the source of truth: channels and strides come from its ``feature_info``, and
+the input normalisation from its ``pretrained_cfg`` (see ``slotlib.data.normalization``).
+
+References:
+    timm feature extraction: https://huggingface.co/docs/timm/feature_extraction
+    Carion et al., "End-to-End Object Detection with Transformers" (DETR), sine position encoding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+from .slot_attention import LinearHead, ScouterSlotAttention, SlotClassifierHead
+
+
+def sine_position_encoding(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """DETR's normalised sine encoding, as SCOUTER uses it: D/2 channels for y, then D/2 for x."""
+    half = dim // 2
+    eps, scale = 1e-6, 2 * math.pi
+    y = torch.arange(1, h + 1, dtype=torch.float32) / (h + eps) * scale   # [H]
+    x = torch.arange(1, w + 1, dtype=torch.float32) / (w + eps) * scale   # [W]
+    freq = temperature ** (2 * (torch.arange(half) // 2) / half)          # [D/2]
+    pos_y, pos_x = y[:, None] / freq, x[:, None] / freq                   # [H,D/2], [W,D/2]
+    pos_y = torch.stack((pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()), dim=2).flatten(1)  # [H,D/2]
+    pos_x = torch.stack((pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()), dim=2).flatten(1)  # [W,D/2]
+    pos = torch.cat((pos_y[:, None].expand(h, w, half), pos_x[None].expand(h, w, half)), dim=2)  # [H,W,D]
+    return pos.reshape(1, h * w, dim)                                      # [1,N,D]
+
+
+def create_backbone(cfg: ModelConfig, pretrained: bool | None = None) -> nn.Module:
+    """A timm ``features_only`` backbone that returns the one feature level the head attends over.
+
+    Only the stages up to that level are built, so no unused parameter is counted.
+    ``pretrained=None`` follows the config; ``False`` builds random weights (e.g. to count parameters).
+    """
+    if not timm.is_model(cfg.backbone):
+        raise ConfigError(f"parameter 'backbone' must be a timm model name, got {cfg.backbone!r} "
+                          f"(see timm.list_models())")
+    kwargs: dict = {"features_only": True}
+    if cfg.drop_path > 0:
+        kwargs["drop_path_rate"] = cfg.drop_path
+    index = -1 if cfg.feature_stride is None else _level_of(cfg.backbone, cfg.feature_stride)
+    if pretrained is None:
+        pretrained = cfg.pretrained or cfg.pretrained_file is not None
+    use_weights = pretrained
+    if use_weights and cfg.pretrained_file is not None:
+        if not os.path.isfile(cfg.pretrained_file):
+            raise ConfigError(f"parameter 'pretrained_file' names {cfg.pretrained_file!r}, which is not a file; "
+                              f"give the path of a state_dict saved for timm '{cfg.backbone}'")
+        kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(cfg.pretrained_file)}
+    try:
+        return timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,), **kwargs)
+    except OSError as err:  # the hub could not be reached and nothing is cached
+        raise ConfigError(f"could not load ImageNet weights for '{cfg.backbone}' from the timm hub ({err}); "
+                          f"set 'pretrained_file' to a local weights file or 'pretrained: false'") from None
+    except RuntimeError as err:  # state_dict keys or shapes do not fit
+        raise ConfigError(f"weights in 'pretrained_file' {cfg.pretrained_file!r} do not fit timm "
+                          f"'{cfg.backbone}': {str(err).splitlines()[0]}") from None
+
+
+def _level_of(backbone: str, stride: int) -> int:
+    info = timm.create_model(backbone, pretrained=False, features_only=True).feature_info
+    strides = info.reduction()
+    if stride not in strides:
+        raise ConfigError(f"parameter 'feature_stride' must be one of {strides} for '{backbone}', got {stride}")
+    return strides.index(stride)
+
+
+def create_head(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    if cfg.head == "scouter":
+        return ScouterSlotAttention(num_classes, cfg.hidden_dim, cfg.slots_per_class, cfg.slot_iters,
+                                    sign=cfg.scouter_sign)
+    if cfg.head == "slot":
+        return SlotClassifierHead(num_classes, cfg.hidden_dim, cfg.slots_per_class, cfg.slot_iters)
+    return LinearHead(num_classes, cfg.hidden_dim)
+
+
+class SlotClassifier(nn.Module):
+    """Images ``[B,3,H,W]`` -> ``(logits [B,K], attn [B,S,N])``; ``forward`` is pure."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, pretrained: bool | None = None) -> None:
+        super().__init__()
+        self.cfg, self.num_classes = cfg, num_classes
+        self.backbone = create_backbone(cfg, pretrained)
+        channels = self.backbone.feature_info.channels()[-1]
+        self.stride = self.backbone.feature_info.reduction()[-1]
+        d = cfg.hidden_dim
+        self.proj = nn.Conv2d(channels, d, kernel_size=1)
+        self.norm = nn.GroupNorm(math.gcd(32, d), d)
+        # The reference passed dropout to a features_only backbone, where it reached no module;
+        # here it acts on the tokens every head sees.
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = create_head(cfg, num_classes)
+        self._pos: dict[tuple[int, int], torch.Tensor] = {}
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(images)[-1]                            # [B,C,H,W]
+        x = self.norm(F.relu(self.proj(features)))                      # [B,D,H,W]
+        _, d, h, w = x.shape
+        tokens = self.dropout(x.flatten(2).transpose(1, 2))             # [B,N,D]
+        return self.head(tokens, self.position_encoding(h, w).to(tokens))
+
+    def position_encoding(self, h: int, w: int) -> torch.Tensor:
+        """The sine encoding of an h x w map, ``[1,N,D]``, computed once per size."""
+        if (h, w) not in self._pos:
+            self._pos[(h, w)] = sine_position_encoding(h, w, self.cfg.hidden_dim)
+        return self._pos[(h, w)]
+
+    def token_grid(self, image_size: int) -> tuple[int, int]:
+        """(H, W) of the attention maps for square inputs of ``image_size`` pixels."""
+        with torch.no_grad():
+            device = next(self.parameters()).device
+            shape = self.backbone(torch.zeros(1, 3, image_size, image_size, device=device))[-1].shape
+        return shape[-2], shape[-1]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Everything after the backbone: what stage 1 trains."""
+        return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
+
+    def parameter_counts(self) -> dict[str, int]:
+        n_backbone = sum(p.numel() for p in self.backbone.parameters())
+        n_head = sum(p.numel() for p in self.head_parameters())
+        return {"n_params": n_backbone + n_head, "n_params_backbone": n_backbone, "n_params_head": n_head,
+                "n_trainable_stage1": n_head, "n_trainable_stage2": n_backbone + n_head}

@@ -1,0 +1,158 @@
+"""Slot-attention heads: SCOUTER's classification slots and Locatello's slot attention.
+
+Shape letters, used in every comment and einsum below:
+    B batch, N tokens (H*W of the feature map), S slots, D dim, K classes, P slots per class (S = K*P).
+
+Every head maps tokens ``x [B,N,D]`` and their position encoding ``pos [1|B,N,D]`` to
+``(logits [B,K], attn [B,S,N])`` and owns no parameter its forward pass does not use.
+
+References:
+    Li et al., "SCOUTER: Slot Attention-based Classifier for Explainable Image Recognition", ICCV 2021;
+        code wbw520/scouter, sloter/utils/slot_attention.py.
+    Locatello et al., "Object-Centric Learning with Slot Attention", NeurIPS 2020;
+        code google-research/google-research slot_attention/model.py, lucidrains/slot-attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ScouterSlotAttention(nn.Module):
+    """SCOUTER: one learned slot per class (or P), sigmoid attention, logits from the slot updates.
+
+    Faithful to the authors' code: fixed learned initial slots, keys from an MLP of the position
+    encoded tokens, the tokens themselves as values (no value projection), no query projection
+    (the slots are the queries), SCOUTER's rescaling of the dot products, a GRU update, and the
+    class logit as the channel sum of the last iteration's updates.
+    """
+
+    def __init__(self, num_classes: int, dim: int, slots_per_class: int = 1, iters: int = 5,
+                 sign: int = 1, key_layers: int = 1) -> None:
+        super().__init__()
+        self.num_classes, self.slots_per_class, self.iters, self.sign = num_classes, slots_per_class, iters, sign
+        self.scale = dim ** -0.5
+        num_slots = num_classes * slots_per_class
+        # SCOUTER draws the initial slots once from N(mu, sigma) and then learns them directly;
+        # |sigma| keeps a negative draw of sigma from being an invalid standard deviation.
+        mu, sigma = torch.randn(1, 1, dim), torch.randn(1, 1, dim)
+        self.initial_slots = nn.Parameter(mu + sigma.abs() * torch.randn(1, num_slots, dim))  # [1,S,D]
+        layers: list[nn.Module] = [nn.Linear(dim, dim)]
+        for _ in range(key_layers - 1):
+            layers += [nn.ReLU(inplace=True), nn.Linear(dim, dim)]
+        self.to_k = nn.Sequential(*layers)
+        self.gru = nn.GRUCell(dim, dim)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, d = x.shape
+        k = self.to_k(x + pos)                                          # [B,N,D] keys see position
+        slots = self.initial_slots.expand(b, -1, -1)                    # [B,S,D]
+        for _ in range(self.iters):
+            dots = torch.einsum("bsd,bnd->bsn", slots, k) * self.scale  # [B,S,N]
+            # SCOUTER's normalisation: each slot's row is divided by its own sum and multiplied by
+            # the sum over all slots, so every slot carries the same total evidence.
+            dots = dots / dots.sum(2, keepdim=True) * dots.sum((1, 2), keepdim=True)  # [B,S,N]
+            attn = dots.sigmoid()                                       # [B,S,N] no competition between slots
+            updates = torch.einsum("bsn,bnd->bsd", attn, x) / d         # [B,S,D] values are the raw tokens
+            slots = self.gru(updates.reshape(-1, d), slots.reshape(-1, d)).view(b, -1, d)  # [B,S,D]
+        per_class = updates.view(b, self.num_classes, self.slots_per_class, d)        # [B,K,P,D]
+        logits = self.sign * per_class.sum((2, 3))                      # [B,K] a class's slots add up
+        return logits, attn
+
+
+class SlotAttention(nn.Module):
+    """Locatello et al.'s iterative attention: slots compete for tokens (softmax over slots).
+
+    Takes the initial slots as an argument, so the classifier (one learned Gaussian per slot)
+    and an object-discovery autoencoder (one shared Gaussian) share this module.
+    Returns the final slots and the last iteration's attention, which sums to one over slots.
+    """
+
+    def __init__(self, dim: int, iters: int = 3, mlp_hidden: int | None = None, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.iters, self.eps, self.scale = iters, eps, dim ** -0.5
+        self.norm_inputs = nn.LayerNorm(dim)
+        self.norm_slots = nn.LayerNorm(dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.gru = nn.GRUCell(dim, dim)
+        hidden = mlp_hidden or 2 * dim
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+    def forward(self, inputs: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, d = inputs.shape
+        inputs = self.norm_inputs(inputs)                               # [B,N,D]
+        k, v = self.to_k(inputs), self.to_v(inputs)                     # [B,N,D] each
+        for _ in range(self.iters):
+            slots_prev = slots                                          # [B,S,D]
+            q = self.to_q(self.norm_slots(slots))                       # [B,S,D]
+            dots = torch.einsum("bsd,bnd->bsn", q, k) * self.scale      # [B,S,N]
+            attn = dots.softmax(dim=1)                                  # [B,S,N] over slots: slots compete for tokens
+            weights = attn + self.eps
+            weights = weights / weights.sum(dim=2, keepdim=True)        # [B,S,N] weighted mean over tokens
+            updates = torch.einsum("bsn,bnd->bsd", weights, v)          # [B,S,D]
+            slots = self.gru(updates.reshape(-1, d), slots_prev.reshape(-1, d)).view(b, -1, d)  # [B,S,D]
+            slots = slots + self.mlp(self.norm_mlp(slots))              # [B,S,D] residual MLP
+        return slots, attn
+
+
+class GaussianSlots(nn.Module):
+    """Learned Gaussian slot initialisation: ``mu + exp(log_sigma) * noise``.
+
+    ``per_slot=True`` gives every slot its own mean and spread, so slot s keeps its identity
+    (needed when slot s stands for class s); ``per_slot=False`` shares one Gaussian, so slots
+    are exchangeable (object discovery). ``sample_in_eval=False`` uses the mean at evaluation so
+    predictions are deterministic.
+    """
+
+    def __init__(self, num_slots: int, dim: int, per_slot: bool, sample_in_eval: bool = True) -> None:
+        super().__init__()
+        self.num_slots, self.sample_in_eval = num_slots, sample_in_eval
+        rows = num_slots if per_slot else 1
+        # Initialised as in google-research slot_attention: xavier-uniform mean and log-sigma.
+        self.mu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, rows, dim)))          # [1,S|1,D]
+        self.log_sigma = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, rows, dim)))   # [1,S|1,D]
+
+    def forward(self, batch: int) -> torch.Tensor:
+        mu = self.mu.expand(batch, self.num_slots, -1)                  # [B,S,D]
+        if not (self.training or self.sample_in_eval):
+            return mu
+        return mu + self.log_sigma.exp() * torch.randn_like(mu)         # [B,S,D]
+
+
+class SlotClassifierHead(nn.Module):
+    """Classification from Locatello slot attention: P slots per class, a shared linear score per slot."""
+
+    def __init__(self, num_classes: int, dim: int, slots_per_class: int = 1, iters: int = 3) -> None:
+        super().__init__()
+        self.num_classes, self.slots_per_class = num_classes, slots_per_class
+        self.init = GaussianSlots(num_classes * slots_per_class, dim, per_slot=True, sample_in_eval=False)
+        self.attention = SlotAttention(dim, iters)
+        self.score = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1))
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = x.shape[0]
+        slots, attn = self.attention(x + pos, self.init(b))             # [B,S,D], [B,S,N]
+        scores = self.score(slots).view(b, self.num_classes, self.slots_per_class)  # [B,K,P]
+        return scores.sum(-1), attn                                     # [B,K] a class's slots add up
+
+
+class LinearHead(nn.Module):
+    """Baseline: mean-pooled tokens -> linear. The attention returned is the class activation map.
+
+    Because pooling is a mean and the classifier is linear, the logits equal the mean over
+    tokens of the per-token logits, so ``attn[b,k,n]`` is exactly token n's share of class k.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cam = F.linear(x, self.fc.weight)                               # [B,N,K] per-token evidence
+        logits = cam.mean(1) + self.fc.bias                             # [B,K] = fc(mean of tokens)
+        return logits, cam.transpose(1, 2)                              # [B,K,N] attn with S = K

@@ -1,0 +1,138 @@
+"""Parameters: defaults, validation messages, parameters files and cell ids."""
+
+import pytest
+import yaml
+
+from slotlib.config import (DEFAULTS, FIELDS, HELP, Config, ConfigError, cell_id, load_params_file,
+                            parse_params, parse_set)
+
+
+def test_defaults_are_the_reference_best_cell():
+    p = Config.from_params({}).to_params()
+    assert {k: p[k] for k in ("backbone", "head", "hidden_dim", "slots_per_class", "slot_iters", "dropout",
+                              "lambda_area", "image_size", "batch_size", "stage1_epochs", "stage1_lr",
+                              "stage2_epochs", "stage2_lr", "weight_decay", "grad_clip", "split_seed")} == {
+        "backbone": "mobilevitv2_075", "head": "scouter", "hidden_dim": 128, "slots_per_class": 1,
+        "slot_iters": 5, "dropout": 0.1, "lambda_area": 0.05, "image_size": 224, "batch_size": 32,
+        "stage1_epochs": 55, "stage1_lr": 4e-4, "stage2_epochs": 45, "stage2_lr": 1e-4,
+        "weight_decay": 0.01, "grad_clip": 1.0, "split_seed": 42}
+    assert p["split_fractions"] == [0.7, 0.15, 0.15]
+    assert set(HELP) == set(DEFAULTS) == set(FIELDS) and all(HELP.values())
+
+
+def test_data_root_defaults_to_environment(monkeypatch):
+    monkeypatch.setenv("EUROSAT_ROOT", "/somewhere")
+    assert Config.from_params({}).data.data_root == "/somewhere"
+    monkeypatch.delenv("EUROSAT_ROOT")
+    assert Config.from_params({}).data.data_root == "./data"
+    assert Config.from_params({"data_root": "/x"}).data.data_root == "/x"
+
+
+def test_round_trip_and_int_for_float():
+    cfg = Config.from_params({"stage1_lr": 1, "split_fractions": [0.8, 0.1, 0.1]})
+    assert cfg.train.stage1_lr == 1.0 and isinstance(cfg.train.stage1_lr, float)
+    assert Config.from_params(cfg.to_params()) == cfg
+
+
+@pytest.mark.parametrize("params,key", [
+    ({"slot_iter": 3}, "slot_iter"),
+    ({"slot_iters": 0}, "slot_iters"),
+    ({"slot_iters": 2.5}, "slot_iters"),
+    ({"batch_size": True}, "batch_size"),
+    ({"pretrained": "yes"}, "pretrained"),
+    ({"head": "transformer"}, "head"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"hidden_dim": 30}, "hidden_dim"),
+    ({"split_fractions": [0.5, 0.5, 0.5]}, "split_fractions"),
+    ({"split_fractions": [0.5, 0.5]}, "split_fractions"),
+    ({"stage1_epochs": 0, "stage2_epochs": 0}, "stage2_epochs"),
+    ({"stage2_lr": 0}, "stage2_lr"),
+    ({"scouter_sign": 0}, "scouter_sign"),
+    ({"device": "gpu"}, "device"),
+    ({"precision": "half"}, "precision"),
+    ({"per_class_limit": 1}, "per_class_limit"),
+])
+def test_bad_values_name_the_key(params, key):
+    with pytest.raises(ConfigError) as err:
+        Config.from_params(params)
+    message = str(err.value)
+    assert f"'{key}'" in message and "\n" not in message
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(ConfigError, match="did you mean 'slot_iters'"):
+        Config.from_params({"slot_iter": 3})
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_params_file_cells_and_ids(tmp_path):
+    pf = load_params_file(write(tmp_path, {"base": {"image_size": 64},
+                                           "grid": {"lambda_area": [0.1, 0.05], "slot_iters": [5, 3]},
+                                           "seeds": [0, 1]}))
+    cells = pf.cells()
+    assert len(cells) == 8
+    assert cells[0].id.startswith("lam0.1_it5_seed0-") and cells[0].config.train.seed == 0
+    assert cells[0].config.data.image_size == 64
+    again = load_params_file(pf.path).cells()
+    assert [c.id for c in again] == [c.id for c in cells]  # deterministic
+    assert len({c.id for c in cells}) == 8
+    assert all(set(c.id) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+               for c in cells)
+
+
+def test_changed_base_changes_every_id(tmp_path):
+    a = load_params_file(write(tmp_path, {"base": {"image_size": 64}, "grid": {"dropout": [0.1]}})).cells()
+    b = load_params_file(write(tmp_path, {"base": {"image_size": 96}, "grid": {"dropout": [0.1]}})).cells()
+    assert a[0].id.split("-")[0] == b[0].id.split("-")[0] and a[0].id != b[0].id
+
+
+def test_data_root_does_not_change_ids(tmp_path):
+    cfg_a = Config.from_params({"data_root": "/a"})
+    cfg_b = Config.from_params({"data_root": "/b"})
+    assert cell_id({}, cfg_a) == cell_id({}, cfg_b)
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"grid": {"dropout": []}}, "'dropout'"),
+    ({"grid": {"dropout": 0.1}}, "'dropout'"),
+    ({"grid": {"droput": [0.1]}}, "'droput'"),
+    ({"grid": {"slot_iters": [3, 0]}}, "'slot_iters'"),
+    ({"base": {"lambda": 0.1}}, "'lambda'"),
+    ({"basis": {}}, "'basis'"),
+    ({"seeds": []}, "'seeds'"),
+    ({"seeds": [0, 0]}, "'seeds'"),
+    ({"grid": {"seed": [0, 1]}}, "'seeds'"),
+    ({"grid": {"dropout": [0.1, 0.1]}}, "twice"),
+    ([1, 2], "mapping"),
+])
+def test_bad_params_files(tmp_path, data, needle):
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_params_file(path)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_params_file(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("base: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params_file(tmp_path / "bad.yaml")
+
+
+def test_empty_file_is_the_defaults(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    cells = load_params_file(tmp_path / "empty.yaml").cells()
+    assert len(cells) == 1 and cells[0].id.startswith("base-")
+
+
+def test_parse_set():
+    assert parse_set(["slot_iters=3", "pretrained_file=null", "dropout=0.2", "head=slot"]) == {
+        "slot_iters": 3, "pretrained_file": None, "dropout": 0.2, "head": "slot"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set(["slot_iters"])

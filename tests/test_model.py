@@ -1,0 +1,165 @@
+"""SlotClassifier on a timm backbone: shapes, parameter counts, grid axes, weights (fast, CPU)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from slotlib.config import Config, ConfigError
+from slotlib.losses import area_loss, slot_classification_loss
+from slotlib.model import SlotClassifier, sine_position_encoding
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights/mobilenetv2_100.tv_in1k_qnnpack_dequant.pth"
+PX = 64
+
+
+def build(**params) -> SlotClassifier:
+    torch.manual_seed(0)
+    cfg = Config.from_params({"pretrained": False, **params})
+    return SlotClassifier(cfg.model, num_classes=10)
+
+
+def run(model: SlotClassifier, train: bool = False, seed: int = 0):
+    model.train(train)
+    torch.manual_seed(123)
+    images = torch.randn(2, 3, PX, PX)
+    torch.manual_seed(seed)
+    return model(images)
+
+
+@pytest.mark.parametrize("params,slots", [
+    ({"head": "scouter"}, 10),
+    ({"head": "scouter", "slots_per_class": 3, "scouter_sign": -1, "slot_iters": 2}, 30),
+    ({"head": "scouter", "feature_stride": 16, "hidden_dim": 64}, 10),
+    ({"head": "slot"}, 10),
+    ({"head": "slot", "slots_per_class": 2, "slot_iters": 1}, 20),
+    ({"head": "linear"}, 10),
+])
+def test_output_shapes(params, slots):
+    model = build(**params)
+    logits, attn = run(model)
+    h, w = model.token_grid(PX)
+    assert logits.shape == (2, 10)
+    assert attn.shape == (2, slots, h * w)
+    assert torch.isfinite(logits).all() and torch.isfinite(attn).all()
+
+
+def test_feature_stride_picks_the_level_from_feature_info():
+    deep, mid = build(), build(feature_stride=16)
+    assert (deep.stride, mid.stride) == (32, 16)
+    assert mid.token_grid(PX) == (4, 4) and deep.token_grid(PX) == (2, 2)
+    # only the stages up to the chosen level are built
+    assert mid.parameter_counts()["n_params_backbone"] < deep.parameter_counts()["n_params_backbone"]
+    with pytest.raises(ConfigError, match="feature_stride"):
+        build(feature_stride=12)
+
+
+def test_reference_parameter_count():
+    """The reference's 2,664,049 counted an unused 16,512-parameter query projection."""
+    assert timm.__version__ == "1.0.31", "the pinned count was measured with timm 1.0.31"
+    counts = build(backbone="mobilevitv2_075", head="scouter", hidden_dim=128, slots_per_class=1).parameter_counts()
+    assert counts == {"n_params": 2_647_409, "n_params_backbone": 2_481_009, "n_params_head": 166_400,
+                      "n_trainable_stage1": 166_400, "n_trainable_stage2": 2_647_409}
+
+
+def loss_of(model, lambda_area=0.05, head=None):
+    logits, attn = run(model)
+    target = torch.arange(2)
+    loss, _ = slot_classification_loss(logits, target, attn, head=head or model.cfg.head, lambda_area=lambda_area)
+    return loss
+
+
+@pytest.mark.parametrize("axis,a,b", [
+    ("dropout", 0.0, 0.5),
+    ("drop_path", 0.0, 0.5),
+    ("slot_iters", 5, 3),
+    ("slots_per_class", 1, 2),
+    ("hidden_dim", 128, 64),
+    ("head", "scouter", "slot"),
+    ("head", "scouter", "linear"),
+    ("scouter_sign", 1, -1),
+])
+def test_every_grid_axis_changes_the_output(axis, a, b):
+    """The reference's dropout axis reached no module; every axis here must change the computation."""
+    train = axis in ("dropout", "drop_path")  # they act only in training mode
+    out_a, _ = run(build(**{axis: a}), train=train)
+    out_b, _ = run(build(**{axis: b}), train=train)
+    assert not torch.allclose(out_a, out_b)
+
+
+def test_lambda_area_and_area_power_change_the_loss():
+    model = build()
+    assert not torch.isclose(loss_of(model, 0.1), loss_of(model, 0.05))
+    logits, attn = run(model)
+    assert not torch.isclose(area_loss(attn, 1.0), area_loss(attn, 2.0))
+    torch.testing.assert_close(area_loss(attn), attn.mean())
+
+
+def test_area_loss_only_for_scouter():
+    model = build(head="slot")
+    torch.testing.assert_close(loss_of(model, 0.0), loss_of(model, 0.5))
+
+
+def test_dropout_reaches_a_module_and_is_off_in_eval():
+    model = build(dropout=0.5)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in model.modules())
+    torch.testing.assert_close(run(model, seed=1)[0], run(model, seed=2)[0])  # eval: deterministic
+
+
+@pytest.mark.parametrize("head", ["scouter", "slot", "linear"])
+def test_one_optimiser_step_is_finite_and_moves_every_head_parameter(head):
+    model = build(head=head)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    logits, attn = run(model, train=True)
+    loss, parts = slot_classification_loss(logits, torch.tensor([0, 1]), attn, head=head, lambda_area=0.05)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
+    frozen = [n for n, p in model.named_parameters() if not n.startswith("backbone.") and torch.equal(p, before[n])]
+    assert frozen == []
+
+
+def test_sine_position_encoding():
+    pos = sine_position_encoding(3, 4, 16)
+    assert pos.shape == (1, 12, 16)
+    assert torch.unique(pos[0], dim=0).shape[0] == 12  # every position is distinct
+    # the first half encodes y (constant along a row), the second x (constant along a column)
+    grid = pos[0].view(3, 4, 16)
+    torch.testing.assert_close(grid[:, :1, :8].expand(3, 4, 8), grid[:, :, :8])
+    torch.testing.assert_close(grid[:1, :, 8:].expand(3, 4, 8), grid[:, :, 8:])
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason=f"local ImageNet weights not found at {SHARED_WEIGHTS}")
+def test_pretrained_file_loads_local_weights():
+    model = build(backbone="mobilenetv2_100", pretrained_file=str(SHARED_WEIGHTS))
+    state = torch.load(SHARED_WEIGHTS, weights_only=True)
+    torch.testing.assert_close(model.backbone.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
+    assert round(model.parameter_counts()["n_params"] / 1e6, 2) == 1.97
+    with pytest.raises(ConfigError, match="pretrained_file.*do not fit"):
+        build(backbone="resnet18", pretrained_file=str(SHARED_WEIGHTS))
+
+
+def test_pretrained_file_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="pretrained_file.*not a file"):
+        build(pretrained_file=str(tmp_path / "nope.pth"))
+
+
+def test_unreachable_hub_is_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise OSError("cannot reach the hub")
+        return create(*args, **kwargs)
+
+    create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError, match="pretrained_file.*pretrained: false"):
+        build(pretrained=True)
+
+
+def test_unknown_backbone():
+    with pytest.raises(ConfigError, match="backbone"):
+        build(backbone="not_a_model")

@@ -1,0 +1,132 @@
+"""The heads against the papers' equations, on random inputs (fast, CPU)."""
+
+import math
+
+import pytest
+import torch
+
+from slotlib.slot_attention import (GaussianSlots, LinearHead, ScouterSlotAttention, SlotAttention,
+                                    SlotClassifierHead)
+
+B, N, D, K = 3, 7, 16, 4
+
+
+def scouter_by_loops(head: ScouterSlotAttention, x: torch.Tensor, pos: torch.Tensor):
+    """SCOUTER written out element by element from the equations (slow, no einsum, no broadcasting)."""
+    b_, n_, d_ = x.shape
+    s_ = head.initial_slots.shape[1]
+    keys = head.to_k(x + pos)
+    logits = torch.zeros(b_, head.num_classes)
+    attn_all = torch.zeros(b_, s_, n_)
+    for b in range(b_):
+        slots = [head.initial_slots[0, s].clone() for s in range(s_)]
+        for _ in range(head.iters):
+            dots = [[float(slots[s] @ keys[b, n]) / math.sqrt(d_) for n in range(n_)] for s in range(s_)]
+            total = sum(sum(row) for row in dots)
+            # each slot's row divided by its own sum, times the sum over every slot and token
+            attn = [[1 / (1 + math.exp(-(dots[s][n] / sum(dots[s]) * total))) for n in range(n_)] for s in range(s_)]
+            updates = [sum(attn[s][n] * x[b, n] for n in range(n_)) / d_ for s in range(s_)]
+            slots = [head.gru(updates[s][None], slots[s][None])[0] for s in range(s_)]
+        for s in range(s_):
+            logits[b, s // head.slots_per_class] += head.sign * float(updates[s].sum())
+            attn_all[b, s] = torch.tensor(attn[s])
+    return logits, attn_all
+
+
+@pytest.mark.parametrize("slots_per_class,sign", [(1, 1), (2, 1), (1, -1)])
+def test_scouter_matches_loop_reference(slots_per_class, sign):
+    torch.manual_seed(0)
+    head = ScouterSlotAttention(K, D, slots_per_class=slots_per_class, iters=3, sign=sign).eval()
+    x, pos = torch.rand(B, N, D), torch.rand(1, N, D)
+    with torch.no_grad():
+        logits, attn = head(x, pos)
+        ref_logits, ref_attn = scouter_by_loops(head, x, pos)
+    assert logits.shape == (B, K) and attn.shape == (B, K * slots_per_class, N)
+    torch.testing.assert_close(attn, ref_attn, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_scouter_attention_is_sigmoid_not_softmax():
+    torch.manual_seed(0)
+    _, attn = ScouterSlotAttention(K, D)(torch.rand(B, N, D), torch.rand(1, N, D))
+    assert ((attn > 0) & (attn < 1)).all()
+    assert not torch.allclose(attn.sum(1), torch.ones(B, N))  # slots do not compete
+
+
+def test_scouter_has_no_unused_parameters():
+    """The reference counted a query projection it never used; every parameter here gets a gradient."""
+    torch.manual_seed(0)
+    head = ScouterSlotAttention(K, D, slots_per_class=2, key_layers=2)
+    logits, attn = head(torch.rand(B, N, D), torch.rand(1, N, D))
+    (logits.sum() + attn.sum()).backward()
+    unused = [name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert unused == []
+    assert head.initial_slots.shape == (1, K * 2, D)
+
+
+def test_slot_attention_softmax_sums_to_one_over_slots():
+    torch.manual_seed(0)
+    module = SlotAttention(D, iters=3)
+    slots, attn = module(torch.randn(B, N, D), torch.randn(B, 5, D))
+    assert slots.shape == (B, 5, D) and attn.shape == (B, 5, N)
+    torch.testing.assert_close(attn.sum(1), torch.ones(B, N))
+
+
+def slot_attention_by_hand(m: SlotAttention, inputs, slots):
+    """Locatello et al., Algorithm 1, one statement per line."""
+    inputs = m.norm_inputs(inputs)
+    k, v = m.to_k(inputs), m.to_v(inputs)
+    for _ in range(m.iters):
+        prev = slots
+        q = m.to_q(m.norm_slots(slots))
+        attn = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=1)
+        w = (attn + m.eps) / (attn + m.eps).sum(-1, keepdim=True)
+        slots = torch.stack([m.gru(w[b] @ v[b], prev[b]) for b in range(inputs.shape[0])])
+        slots = slots + m.mlp(m.norm_mlp(slots))
+    return slots, attn
+
+
+def test_slot_attention_matches_algorithm_1():
+    torch.manual_seed(1)
+    m = SlotAttention(D, iters=2)
+    inputs, init = torch.randn(B, N, D), torch.randn(B, 3, D)
+    with torch.no_grad():
+        got, ref = m(inputs, init), slot_attention_by_hand(m, inputs, init)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: ScouterSlotAttention(K, D, 2).eval(),
+                                  lambda: SlotClassifierHead(K, D, 2).eval(),
+                                  lambda: LinearHead(K, D)])
+def test_token_permutation_permutes_attention_and_keeps_logits(make):
+    """Heads see a set of tokens: position lives in the encoding that travels with each token."""
+    torch.manual_seed(0)
+    head = make()
+    x, pos = torch.randn(B, N, D), torch.randn(1, N, D)
+    perm = torch.randperm(N)
+    with torch.no_grad():
+        logits, attn = head(x, pos)
+        logits_p, attn_p = head(x[:, perm], pos[:, perm])
+    torch.testing.assert_close(logits_p, logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(attn_p, attn[:, :, perm], rtol=1e-4, atol=1e-5)
+
+
+def test_linear_head_class_map_averages_to_logits():
+    head = LinearHead(K, D)
+    x = torch.randn(B, N, D)
+    logits, cam = head(x, torch.zeros(1, N, D))
+    torch.testing.assert_close(logits, head.fc(x.mean(1)))
+    torch.testing.assert_close(cam.mean(2) + head.fc.bias, logits)
+
+
+def test_gaussian_slots_identity_and_sampling():
+    init = GaussianSlots(6, D, per_slot=True, sample_in_eval=False)
+    assert init.mu.shape == (1, 6, D)
+    init.eval()
+    torch.testing.assert_close(init(2), init(2))  # deterministic at evaluation
+    init.train()
+    assert not torch.allclose(init(2), init(2))  # fresh samples in training
+    shared = GaussianSlots(6, D, per_slot=False)
+    assert shared.mu.shape == (1, 1, D)
+    assert not torch.allclose(shared.eval()(1)[0, 0], shared(1)[0, 0])  # samples even in eval
