@@ -1,6 +1,7 @@
 """The ``slotlib`` command line.
 
     slotlib describe PARAMS.yaml [--set key=value ...]
+    slotlib train PARAMS.yaml --out DIR [--cell ID] [--set key=value ...]
 
 Bad input exits with code 2 and one sentence on stderr naming the key, file or value at fault.
 """
@@ -12,7 +13,7 @@ import json
 import sys
 from typing import Sequence
 
-from .config import ConfigError, Config, load_params_file, parse_params, parse_set
+from .config import Config, ConfigError, load_params_file, parse_params, parse_set
 
 EXIT_BAD_INPUT = 2
 
@@ -41,6 +42,27 @@ def describe(params_path: str, overrides: dict | None = None) -> dict:
     return out
 
 
+def train(params_path: str, out_dir: str, overrides: dict, cell: str | None, progress: bool) -> dict:
+    """One run in-process: the same code path as notebooks/train.ipynb."""
+    from .train import train as run
+
+    pf = load_params_file(params_path)
+    if overrides:
+        pf = parse_params({"base": {**pf.base, **overrides}, "grid": pf.grid, "seeds": pf.seeds}, pf.path)
+    cells = pf.cells()
+    if cell is not None:
+        chosen = [c for c in cells if c.id == cell or c.id.split("-")[0] == cell]
+        if not chosen:
+            raise ConfigError(f"--cell {cell!r} is not a cell of {pf.path}; its cells are: "
+                              f"{', '.join(c.id for c in cells)}")
+    elif len(cells) > 1:
+        raise ConfigError(f"{pf.path} has {len(cells)} cells; pick one with --cell ID (see `slotlib describe`) "
+                          f"or run them all with `slotlib grid`")
+    else:
+        chosen = cells
+    return run(chosen[0].config, out_dir, progress=progress)
+
+
 _MODEL_KEYS = {"backbone", "feature_stride", "head", "hidden_dim", "slots_per_class"}
 
 
@@ -51,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", help="parameters file (YAML), e.g. params/demo.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base parameter (repeatable)")
+    p = sub.add_parser("train", help="train one cell in-process and write its run folder")
+    p.add_argument("params", help="parameters file (YAML)")
+    p.add_argument("--out", required=True, help="the run folder (created; resumed if it holds last.pt)")
+    p.add_argument("--cell", help="cell id (or its readable part) when the file holds a grid")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base parameter (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -59,7 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "describe":
             print(json.dumps(describe(args.params, parse_set(args.overrides)), indent=2))
-    except ConfigError as err:
+        elif args.command == "train":
+            from .losses import NonFiniteLossError
+            try:
+                metrics = train(args.params, args.out, parse_set(args.overrides), args.cell, not args.no_progress)
+            except NonFiniteLossError as err:  # recorded in metrics.json as failed
+                print(f"slotlib: training stopped: {err}", file=sys.stderr)
+                return 1
+            print(json.dumps({k: metrics.get(k) for k in ("status", "best_val_acc", "best_stage", "best_epoch",
+                                                          "test_acc", "wall_seconds")}))
+    except (ConfigError, FileNotFoundError) as err:  # bad parameters, or data/weights not where they were said to be
         print(f"slotlib: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

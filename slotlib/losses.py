@@ -12,6 +12,10 @@ import torch
 import torch.nn.functional as F
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf: the run stops, nothing is skipped or re-rolled."""
+
+
 def area_loss(attn: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     """Mean attention over batch, slots and tokens, to ``power``: ``attn [B,S,N]`` -> scalar."""
     return attn.mean() ** power

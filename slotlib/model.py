@@ -98,7 +98,9 @@ class SlotClassifier(nn.Module):
         self.stride = self.backbone.feature_info.reduction()[-1]
         d = cfg.hidden_dim
         self.proj = nn.Conv2d(channels, d, kernel_size=1)
-        self.norm = nn.GroupNorm(math.gcd(32, d), d)
+        # One group: normalise over all channels and positions together. Many groups on a small map
+        # (2x2 at 64 px) would remove each group's own mean, which is most of what a tile says.
+        self.norm = nn.GroupNorm(1, d)
         # The reference passed dropout to a features_only backbone, where it reached no module;
         # here it acts on the tokens every head sees.
         self.dropout = nn.Dropout(cfg.dropout)

@@ -18,3 +18,42 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device on this machine"))
 
+
+
+CLASSES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
+           "Residential", "River", "SeaLake")
+
+
+def write_learnable_eurosat(image_dir, per_class: int, seed: int = 0):
+    """Tiles whose class shows in their colour and stripe direction, so a few epochs can learn them."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for k, cls in enumerate(CLASSES):
+        folder = image_dir / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = np.array([(k * 70) % 256, (k * 130 + 40) % 256, (k * 200 + 90) % 256], dtype=np.float32)
+        stripes = np.sin((xx if k % 2 else yy) * (0.2 + 0.1 * (k // 2)))[..., None] * 40
+        for n in range(1, per_class + 1):
+            noise = rng.normal(0, 25, size=(64, 64, 3))
+            tile = np.clip(colour + stripes + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(tile, mode="RGB").save(folder / f"{cls}_{n}.jpg", quality=95)
+    return image_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """A data root in torchvision's layout with 12 learnable tiles per class."""
+    root = tmp_path_factory.mktemp("tiny_eurosat")
+    write_learnable_eurosat(root / "eurosat" / "2750", per_class=12)
+    return root
+
+
+@pytest.fixture
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep decoded caches of test data out of the user's ~/.cache."""
+    cache = tmp_path_factory.getbasetemp() / "slotlib_cache"
+    monkeypatch.setenv("SLOTLIB_CACHE", str(cache))
+    return cache

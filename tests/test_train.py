@@ -1,0 +1,192 @@
+"""Two-stage training, the run folder, resume after SIGKILL, and failure handling (CPU, tiny data)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from slotlib import train as training
+from slotlib.config import Config, ConfigError
+from slotlib.losses import NonFiniteLossError
+
+METRIC_KEYS = {"status", "cell_id", "params", "best_val_acc", "best_stage", "best_epoch", "stage1_best_val_acc",
+               "test_acc", "test_loss", "per_class_test_acc", "n_params", "wall_seconds", "train_images_per_second",
+               "device", "versions", "git_sha", "data_fingerprint", "error"}
+HISTORY = ["stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_second"]
+
+
+def tiny(root, **overrides) -> dict:
+    return {"data_root": str(root), "image_size": 64, "batch_size": 16, "pretrained": False, "hidden_dim": 32,
+            "slot_iters": 2, "stage1_epochs": 1, "stage2_epochs": 1, "stage1_lr": 2e-3, "stage2_lr": 5e-4,
+            "device": "cpu", **overrides}
+
+
+def history(out) -> list[dict]:
+    with open(Path(out) / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def comparable(rows):
+    """History without the timing columns, which differ from run to run."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows]
+
+
+@pytest.fixture
+def run(tiny_root, isolated_cache, tmp_path):
+    def _run(name="run", **overrides):
+        return training.train(Config.from_params(tiny(tiny_root, **overrides)), tmp_path / name, progress=False)
+    return _run
+
+
+def test_two_stage_run_writes_the_cell_folder(run, tmp_path, monkeypatch):
+    splits_seen = []
+    evaluate = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda exp, model, split: splits_seen.append(split) or
+                        evaluate(exp, model, split))
+    metrics = run(stage1_epochs=2, stage2_epochs=1)
+    out = tmp_path / "run"
+    assert {p.name for p in out.iterdir()} == {"params.yaml", "history.csv", "metrics.json", "best.pt", "last.pt"}
+    assert METRIC_KEYS <= set(metrics) and metrics == json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "done" and metrics["error"] is None
+    assert all(0 <= metrics[k] <= 1 for k in ("best_val_acc", "test_acc", "stage1_best_val_acc"))
+    assert set(metrics["per_class_test_acc"]) == set(metrics["class_names"]) and len(metrics["test_confusion"]) == 10
+    assert splits_seen.count("test") == 1 and splits_seen.count("val") == 3  # test once, at the end
+    rows = history(out)
+    assert list(rows[0]) == HISTORY
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "1")]
+    best = max(rows, key=lambda r: float(r["val_acc"]))
+    assert metrics["best_val_acc"] == pytest.approx(float(best["val_acc"]))
+    assert Config.from_params(yaml.safe_load((out / "params.yaml").read_text())).to_params() == metrics["params"]
+    state = torch.load(out / "best.pt", weights_only=True)
+    assert any(k.startswith("head.") for k in state)
+    assert metrics["data_fingerprint"] and metrics["versions"]["torch"] == torch.__version__
+
+
+def test_the_run_learns(run):
+    metrics = run(stage1_epochs=0, stage2_epochs=6, head="linear", stage2_lr=3e-3, augment=False)
+    assert metrics["best_val_acc"] >= 0.5  # 10 classes: chance is 0.1
+
+
+def test_stage1_freezes_the_backbone_and_its_batchnorm(tiny_root, isolated_cache, tmp_path):
+    cfg = Config.from_params(tiny(tiny_root, stage1_epochs=2, stage2_epochs=0))
+    exp = training.prepare(cfg, tmp_path / "s1", progress=False)
+    backbone_before = {k: v.clone() for k, v in exp.model.backbone.state_dict().items()}
+    head_before = {k: v.clone() for k, v in exp.model.state_dict().items() if not k.startswith("backbone.")}
+    training.fit(exp)
+    after = exp.model.state_dict()
+    assert all(torch.equal(after[f"backbone.{k}"], v) for k, v in backbone_before.items())  # weights and BN stats
+    assert any(not torch.equal(after[k], v) for k, v in head_before.items())
+
+
+def test_stage2_trains_the_backbone(tiny_root, isolated_cache, tmp_path):
+    cfg = Config.from_params(tiny(tiny_root, stage1_epochs=1, stage2_epochs=1))
+    exp = training.prepare(cfg, tmp_path / "s2", progress=False)
+    before = {k: v.clone() for k, v in exp.model.backbone.state_dict().items()}
+    training.fit(exp)
+    rows = history(tmp_path / "s2")
+    changed = any(not torch.equal(exp.model.backbone.state_dict()[k], v) for k, v in before.items())
+    # the best weights win: if stage 2's epoch was not better, stage 1's (frozen backbone) are kept
+    best_stage2 = float(rows[1]["val_acc"]) > float(rows[0]["val_acc"])
+    assert changed == best_stage2
+
+
+def test_rerun_gives_identical_metrics(run):
+    a, b = run("a", head="slot"), run("b", head="slot")
+    for key in ("best_val_acc", "test_acc", "test_loss", "per_class_test_acc", "best_epoch"):
+        assert a[key] == b[key], key
+
+
+def test_done_run_is_not_redone(run, tmp_path):
+    first = run()
+    stamp = (tmp_path / "run" / "history.csv").stat().st_mtime_ns
+    assert run() == first
+    assert (tmp_path / "run" / "history.csv").stat().st_mtime_ns == stamp
+
+
+def test_folder_of_other_parameters_is_refused_and_left_alone(run, tmp_path):
+    run()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(ConfigError, match="'slot_iters'"):
+        run(slot_iters=3)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_checkpoint_of_other_parameters_is_refused(run, tmp_path, tiny_root):
+    run()
+    (tmp_path / "run" / "metrics.json").unlink()
+    (tmp_path / "run" / "params.yaml").unlink()  # only last.pt says what it was trained with
+    with pytest.raises(ConfigError, match="last.pt"):
+        run(dropout=0.3)
+
+
+def test_stage1_zero_trains_from_scratch_in_one_stage(run, tmp_path):
+    metrics = run(stage1_epochs=0, stage2_epochs=2)
+    assert [r["stage"] for r in history(tmp_path / "run")] == ["2", "2"]
+    assert metrics["stage1_best_val_acc"] is None and metrics["best_stage"] == 2
+
+
+def test_nan_loss_stops_the_run_and_is_recorded(run, tmp_path, monkeypatch):
+    real = training.slot_classification_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan"), parts) if len(calls) == 3 else (loss, parts)
+
+    monkeypatch.setattr(training, "slot_classification_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="stage1, epoch 1, batch 3"):
+        run()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "batch 3" in metrics["error"]
+
+
+def test_bad_split_fails_before_anything_is_written(run, tmp_path):
+    with pytest.raises(ConfigError, match="'split'"):
+        run(split=str(tmp_path / "no_such_split.json"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_is_a_clear_error(tmp_path, isolated_cache, monkeypatch):
+    from slotlib import data
+    monkeypatch.setattr(data, "download_eurosat", lambda root: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(FileNotFoundError, match="EUROSAT_ROOT"):
+        training.train(Config.from_params(tiny(tmp_path / "empty")), tmp_path / "run", progress=False)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_root, isolated_cache, tmp_path):
+    params = tiny(tiny_root, stage1_epochs=2, stage2_epochs=4)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"base": params}))
+    reference = training.train(Config.from_params(params), tmp_path / "reference", progress=False)
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "slotlib.cli", "train", str(tmp_path / "p.yaml"), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "SLOTLIB_CACHE": str(isolated_cache)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "history.csv").exists() and len(history(out)) >= 3:  # in stage 2
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(history(out))
+    assert json.loads((out / "metrics.json").read_text())["status"] == "running"
+    assert 3 <= killed_at < 6
+
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert comparable(history(out)) == comparable(history(tmp_path / "reference"))
+    for key in ("status", "best_val_acc", "best_stage", "best_epoch", "stage1_best_val_acc", "test_acc", "test_loss",
+                "per_class_test_acc"):
+        assert metrics[key] == reference[key], key
