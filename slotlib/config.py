@@ -53,11 +53,11 @@ class DataConfig:
     split: str = _p("random", "'random', or a split file: CoOp JSON or torchgeo eurosat-{train,val,test}.txt")
     split_seed: int = _p(42, "seed of the random split")
     split_fractions: tuple[float, float, float] = _p((0.7, 0.15, 0.15), "train/val/test fractions of the random split")
-    per_class_limit: int | None = _p(None, "keep the first N tiles of each class (null = all), for quick runs")
+    per_class_limit: int | None = _p(None, "keep the first N tiles of each class, for quick runs; null keeps all")
     image_size: int = _p(224, "input size in pixels: tiles are 64 px and are resized to this")
     batch_size: int = _p(32, "images per optimiser step")
     augment: bool = _p(True, "random resized crop, flip, rotation 15 deg, colour jitter 0.2 on training tiles")
-    num_workers: int = _p(0, "DataLoader worker processes (0 = load in the training process)")
+    num_workers: int = _p(0, "DataLoader worker processes; 0 loads in the training process")
 
     def __post_init__(self) -> None:
         fr = self.split_fractions
@@ -77,7 +77,7 @@ class ModelConfig:
     backbone: str = _p("mobilevitv2_075", "any timm model that supports features_only")
     pretrained: bool = _p(True, "load the backbone's ImageNet weights from the timm hub")
     pretrained_file: str | None = _p(None, "load backbone weights from this local file instead of the hub")
-    feature_stride: int | None = _p(None, "feature level to attend over, by its stride (null = deepest level)")
+    feature_stride: int | None = _p(None, "feature level to attend over, by its stride; null takes the deepest level")
     head: str = _p("scouter", "'scouter' (SCOUTER, sigmoid), 'slot' (Locatello, softmax over slots) or 'linear'")
     hidden_dim: int = _p(128, "channels after the 1x1 projection: the slot dimension D")
     slots_per_class: int = _p(1, "slots per class; a class's logit sums its slots")
@@ -85,7 +85,7 @@ class ModelConfig:
     dropout: float = _p(0.1, "dropout on the projected feature tokens before the head")
     drop_path: float = _p(0.0, "stochastic depth rate inside the backbone")
     scouter_sign: int = _p(1, "+1 for SCOUTER+ (evidence for a class), -1 for SCOUTER- (evidence against)")
-    area_power: float = _p(1.0, "area loss = mean(attention) ** area_power")
+    area_power: float = _p(1.0, "the area loss is mean(attention) ** area_power")
 
     def __post_init__(self) -> None:
         _require(self.head in HEADS, "head", self.head, f"one of {', '.join(HEADS)}")
@@ -110,7 +110,7 @@ class TrainConfig:
     stage2_epochs: int = _p(45, "epochs fine-tuning everything")
     stage2_lr: float = _p(1e-4, "AdamW learning rate of stage 2")
     weight_decay: float = _p(0.01, "AdamW weight decay")
-    grad_clip: float | None = _p(1.0, "clip the gradient norm to this (null = no clipping)")
+    grad_clip: float | None = _p(1.0, "clip the gradient norm to this; null turns clipping off")
     label_smoothing: float = _p(0.0, "label smoothing of the cross-entropy")
     seed: int = _p(0, "seed for python, numpy, torch and every generator")
     precision: str = _p("auto", "'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'fp32', 'bf16' or 'fp16'")
@@ -390,3 +390,26 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set '{item}' must look like key=value, e.g. --set slot_iters=3")
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+# --------------------------------------------------------------------------- notebooks
+
+NOTEBOOK_EXTRAS = ("out_dir",)
+_IPYTHON_NAMES = {"In", "Out"}
+
+
+def from_namespace(namespace: Mapping[str, Any], extras: tuple[str, ...] = NOTEBOOK_EXTRAS
+                   ) -> tuple[Config, dict[str, Any]]:
+    """A notebook's globals after its ``parameters`` cell (and papermill's injected cell) -> Config.
+
+    Every plain value in the namespace must be a parameter name or one of ``extras``: a name
+    papermill injects that nothing reads (a typo such as ``slot_iter``) is rejected.
+    """
+    values = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in _IPYTHON_NAMES
+              and not callable(v) and not isinstance(v, types.ModuleType)}
+    unknown = sorted(set(values) - set(FIELDS) - set(extras))
+    if unknown:
+        raise ConfigError(f"unknown parameter '{unknown[0]}' in the notebook{_did_you_mean(unknown[0])}; "
+                          f"valid names: {', '.join([*FIELDS, *extras])}")
+    config = Config.from_params({k: v for k, v in values.items() if k in FIELDS})
+    return config, {k: values[k] for k in extras if k in values}

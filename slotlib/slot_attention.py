@@ -30,9 +30,10 @@ class ScouterSlotAttention(nn.Module):
     """
 
     def __init__(self, num_classes: int, dim: int, slots_per_class: int = 1, iters: int = 5,
-                 sign: int = 1, key_layers: int = 1) -> None:
+                 sign: int = 1, key_layers: int = 1, eps: float = 1e-6) -> None:
         super().__init__()
         self.num_classes, self.slots_per_class, self.iters, self.sign = num_classes, slots_per_class, iters, sign
+        self.eps = eps
         self.scale = dim ** -0.5
         num_slots = num_classes * slots_per_class
         # SCOUTER draws the initial slots once from N(mu, sigma) and then learns them directly;
@@ -52,8 +53,12 @@ class ScouterSlotAttention(nn.Module):
         for _ in range(self.iters):
             dots = torch.einsum("bsd,bnd->bsn", slots, k) * self.scale  # [B,S,N]
             # SCOUTER's normalisation: each slot's row is divided by its own sum and multiplied by
-            # the sum over all slots, so every slot carries the same total evidence.
-            dots = dots / dots.sum(2, keepdim=True) * dots.sum((1, 2), keepdim=True)  # [B,S,N]
+            # the sum over all slots, so every slot carries the same total evidence. A row sum can
+            # cross zero (few tokens make it likely); it is kept eps away, with its sign, so the
+            # division stays finite. The authors' code returns inf/NaN there.
+            row = dots.sum(2, keepdim=True)                                         # [B,S,1]
+            row = torch.where(row.abs() < self.eps, torch.full_like(row, self.eps).copysign(row), row)
+            dots = dots / row * dots.sum((1, 2), keepdim=True)                      # [B,S,N]
             attn = dots.sigmoid()                                       # [B,S,N] no competition between slots
             updates = torch.einsum("bsn,bnd->bsd", attn, x) / d         # [B,S,D] values are the raw tokens
             slots = self.gru(updates.reshape(-1, d), slots.reshape(-1, d)).view(b, -1, d)  # [B,S,D]

@@ -293,8 +293,11 @@ def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: Stag
         else:
             loss.backward()
         if cfg.train.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                           cfg.train.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                  cfg.train.grad_clip)
+            if scaler is None and not torch.isfinite(norm):  # stop before NaN reaches the weights
+                raise NonFiniteLossError(f"gradient norm became {norm.item()} in {plan.name}, epoch {epoch}, "
+                                         f"batch {batch}; lower the learning rate")
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()

@@ -130,3 +130,22 @@ def test_gaussian_slots_identity_and_sampling():
     shared = GaussianSlots(6, D, per_slot=False)
     assert shared.mu.shape == (1, 1, D)
     assert not torch.allclose(shared.eval()(1)[0, 0], shared(1)[0, 0])  # samples even in eval
+
+
+def test_scouter_survives_a_zero_row_sum():
+    """SCOUTER divides each slot's dot products by their sum; tokens whose keys cancel make it exactly 0.
+
+    The authors' code then yields inf/NaN; here the divisor is kept eps away from zero, so outputs
+    and gradients stay finite (seen in practice: 2x2 token maps at 64 px hit it within an epoch).
+    """
+    head = ScouterSlotAttention(K, D, iters=2)
+    with torch.no_grad():
+        head.to_k[0].weight.copy_(torch.eye(D))
+        head.to_k[0].bias.zero_()
+    v = torch.randn(1, 1, D)
+    x = torch.cat([v, -v], dim=1).requires_grad_()                # keys cancel: every row sum is 0
+    logits, attn = head(x, torch.zeros(1, 2, D))
+    (logits.sum() + attn.sum()).backward()
+    assert torch.isfinite(logits).all() and torch.isfinite(attn).all()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+    assert torch.isfinite(x.grad).all()
