@@ -2,6 +2,8 @@
 
     slotlib describe PARAMS.yaml [--set key=value ...]
     slotlib train PARAMS.yaml --out DIR [--cell ID] [--set key=value ...]
+    slotlib grid PARAMS.yaml --out DIR [--jobs N] [--devices 0,1] [--dry-run] [--retry-failed]
+    slotlib status DIR
 
 Bad input exits with code 2 and one sentence on stderr naming the key, file or value at fault.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -18,27 +21,36 @@ from .config import Config, ConfigError, load_params_file, parse_params, parse_s
 EXIT_BAD_INPUT = 2
 
 
-def describe(params_path: str, overrides: dict | None = None) -> dict:
-    """Resolved parameters and parameter counts of a params file; trains nothing, needs no data."""
+_MODEL_KEYS = ("backbone", "feature_stride", "head", "hidden_dim", "slots_per_class")
+_COUNTS: dict[str, dict] = {}
+
+
+def count_parameters(cfg: Config, num_classes: int = 10) -> dict[str, int]:
+    """Parameter counts by part, from a randomly initialised model (no weights are fetched)."""
     from .model import SlotClassifier  # imports torch and timm: only for commands that need them
 
+    key = json.dumps([getattr(cfg.model, k) for k in _MODEL_KEYS] + [num_classes])
+    if key not in _COUNTS:
+        _COUNTS[key] = SlotClassifier(cfg.model, num_classes=num_classes, pretrained=False).parameter_counts()
+    return _COUNTS[key]
+
+
+def load_with_overrides(params_path: str, overrides: dict | None):
     pf = load_params_file(params_path)
     if overrides:
         pf = parse_params({"base": {**pf.base, **overrides}, "grid": pf.grid, "seeds": pf.seeds}, pf.path)
+    return pf
+
+
+def describe(params_path: str, overrides: dict | None = None) -> dict:
+    """Resolved parameters and parameter counts of a params file; trains nothing, needs no data."""
+    pf = load_with_overrides(params_path, overrides)
     cells = pf.cells()
-    counts: dict[str, dict] = {}
-
-    def count(cfg: Config) -> dict:
-        key = json.dumps({k: v for k, v in cfg.to_params().items() if k in _MODEL_KEYS}, sort_keys=True)
-        if key not in counts:
-            counts[key] = SlotClassifier(cfg.model, num_classes=10, pretrained=False).parameter_counts()
-        return counts[key]
-
     base = pf.base_config
-    out = {"params_file": pf.path, "params": base.to_params(), **count(base),
+    out = {"params_file": pf.path, "params": base.to_params(), **count_parameters(base),
            "cells": [c.id for c in cells]}
     if pf.grid or pf.seeds:
-        out["n_params_by_cell"] = {c.id: count(c.config)["n_params"] for c in cells}
+        out["n_params_by_cell"] = {c.id: count_parameters(c.config)["n_params"] for c in cells}
     return out
 
 
@@ -46,24 +58,18 @@ def train(params_path: str, out_dir: str, overrides: dict, cell: str | None, pro
     """One run in-process: the same code path as notebooks/train.ipynb."""
     from .train import train as run
 
-    pf = load_params_file(params_path)
-    if overrides:
-        pf = parse_params({"base": {**pf.base, **overrides}, "grid": pf.grid, "seeds": pf.seeds}, pf.path)
-    cells = pf.cells()
+    cells = load_with_overrides(params_path, overrides).cells()
     if cell is not None:
         chosen = [c for c in cells if c.id == cell or c.id.split("-")[0] == cell]
         if not chosen:
             raise ConfigError(f"--cell {cell!r} is not a cell of {pf.path}; its cells are: "
                               f"{', '.join(c.id for c in cells)}")
     elif len(cells) > 1:
-        raise ConfigError(f"{pf.path} has {len(cells)} cells; pick one with --cell ID (see `slotlib describe`) "
+        raise ConfigError(f"{params_path} has {len(cells)} cells; pick one with --cell ID (see `slotlib describe`) "
                           f"or run them all with `slotlib grid`")
     else:
         chosen = cells
     return run(chosen[0].config, out_dir, progress=progress)
-
-
-_MODEL_KEYS = {"backbone", "feature_stride", "head", "hidden_dim", "slots_per_class"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base parameter (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p = sub.add_parser("grid", help="run every cell of a params file as one papermill run of a notebook")
+    p.add_argument("params", help="parameters file (YAML) with base/grid/seeds")
+    p.add_argument("--out", required=True, help="grid folder: one sub-folder per cell")
+    p.add_argument("--jobs", type=int, default=1, help="cells at once (default 1)")
+    p.add_argument("--devices", help="comma-separated GPU ids to pin cells to, e.g. 0,1 (jobs spread over them)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their parameter counts; run nothing")
+    p.add_argument("--retry-failed", action="store_true", help="also rerun cells that failed")
+    p.add_argument("--notebook", default=None, help="notebook to run per cell (default notebooks/train.ipynb)")
+    p = sub.add_parser("status", help="one line per cell of a grid folder")
+    p.add_argument("dir", help="grid folder")
     return parser
 
 
@@ -97,6 +113,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             print(json.dumps({k: metrics.get(k) for k in ("status", "best_val_acc", "best_stage", "best_epoch",
                                                           "test_acc", "wall_seconds")}))
+        elif args.command == "grid":
+            from .grid import TRAIN_NOTEBOOK, run_grid
+            devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+            final = run_grid(args.params, args.out, jobs=args.jobs, devices=devices, retry_failed=args.retry_failed,
+                             dry_run=args.dry_run, notebook=args.notebook or TRAIN_NOTEBOOK)
+            failed = [k for k, v in final.items() if v == "failed"]
+            if not args.dry_run:
+                print(f"{sum(v == 'done' for v in final.values())}/{len(final)} cells done"
+                      + (f", {len(failed)} failed (rerun with --retry-failed)" if failed else ""))
+            return 1 if failed else 0
+        elif args.command == "status":
+            from .grid import format_status, status_rows
+            if not os.path.isdir(args.dir):
+                raise ConfigError(f"grid folder {args.dir!r} does not exist")
+            print(format_status(status_rows(args.dir)))
+    except KeyboardInterrupt:
+        return 130
     except (ConfigError, FileNotFoundError) as err:  # bad parameters, or data/weights not where they were said to be
         print(f"slotlib: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

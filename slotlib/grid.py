@@ -1,4 +1,14 @@
-"""Notebook execution through papermill (the grid runner builds on this).
+"""Grids: a params file -> cells -> one papermill run of a notebook per cell.
+
+Each cell runs in its own child process (``python -m slotlib.grid _cell``), which executes the
+notebook with papermill into ``OUT/<cell id>/train.ipynb`` and writes its output to
+``OUT/<cell id>/log.txt``. Cells already ``done`` are skipped; a cell left ``running`` by a killed
+grid resumes from its ``last.pt``; a failed cell is recorded with its error and the grid carries
+on (``retry_failed`` reruns only those).
+
+Crash safety: a child dies with the runner (PR_SET_PDEATHSIG on Linux) and the kernel with its
+child (ipykernel's parent poller), so no orphan keeps training; ``fit`` also holds a lock on the
+cell folder. Every file a cell writes is written atomically.
 
 The kernel must be this environment's Python, not whatever ``python3`` kernel a machine has:
 ``JUPYTER_PATH`` is pointed at this environment's kernelspecs first (Jupyter searches it before
@@ -8,12 +18,28 @@ the user's and the system's folders), and jupyter_client runs a spec whose comma
 
 from __future__ import annotations
 
+import ctypes
+import json
+import math
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import yaml
+
+from .config import Cell, ConfigError, load_params_file
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
+CELL_LOG = "log.txt"
+GRID_COPY = "grid.yaml"
+KERNEL_START_GAP_S = 1.5  # kernels started at the same instant can race for the same ports
 
 
 def kernel_env() -> dict[str, str]:
@@ -25,7 +51,7 @@ def kernel_env() -> dict[str, str]:
 
 def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, parameters: dict[str, Any], *,
                      cwd: str | os.PathLike | None = None, log_output: bool = False,
-                     start_timeout: int = 120) -> Any:
+                     start_timeout: int = 180) -> Any:
     """Run ``notebook`` with papermill, injecting ``parameters``; the executed copy goes to ``output``."""
     import papermill as pm
 
@@ -34,3 +60,198 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, par
     return pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
                                cwd=str(cwd or Path(notebook).parent), log_output=log_output, progress_bar=False,
                                start_timeout=start_timeout)
+
+
+# --------------------------------------------------------------------------- cell state
+
+def read_metrics(cell_dir: Path) -> dict | None:
+    try:
+        return json.loads((cell_dir / "metrics.json").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def cell_status(cell_dir: Path) -> str:
+    """'done', 'running' (started, resumable), 'failed' or 'pending'."""
+    metrics = read_metrics(cell_dir)
+    return metrics["status"] if metrics else "pending"
+
+
+def record_failure(cell: Cell, cell_dir: Path, error: str) -> None:
+    """Mark a cell failed when its notebook died without saying so itself (kernel died, bad data...)."""
+    from .train import write_json
+
+    metrics = read_metrics(cell_dir) or {"cell_id": cell.id, "params": cell.config.to_params()}
+    if metrics.get("status") == "failed" and metrics.get("error"):
+        return  # the run recorded its own, more precise error
+    write_json(cell_dir / "metrics.json", {**metrics, "status": "failed", "error": error})
+
+
+def last_error_line(log: Path) -> str:
+    """The most telling line of a cell's log: papermill's exception summary, else the last line."""
+    try:
+        lines = [l.strip() for l in log.read_text(errors="replace").splitlines() if l.strip()]
+    except FileNotFoundError:
+        return "no log"
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line[:500]
+    return lines[-1][:500] if lines else "no output"
+
+
+# --------------------------------------------------------------------------- running
+
+@dataclass
+class Running:
+    cell: Cell
+    process: subprocess.Popen
+    device: str | None
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel's parent (this child) gets SIGKILL when the grid runner dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def start_cell(cell: Cell, out_root: Path, notebook: Path, device: str | None) -> subprocess.Popen:
+    cell_dir = out_root / cell.id
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **kernel_env(), "PYTHONUNBUFFERED": "1"}
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    log = open(cell_dir / CELL_LOG, "ab")
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start (device {device or 'default'})\n".encode())
+    log.flush()
+    cmd = [sys.executable, "-m", "slotlib.grid", "_cell", str(notebook), str(cell_dir),
+           json.dumps(cell.config.to_params())]
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=_die_with_parent)
+    finally:
+        log.close()
+
+
+def device_slots(devices: list[str] | None, jobs: int) -> list[str | None]:
+    """One entry per concurrent cell: ``jobs`` spread over ``devices`` (several per device when jobs > devices)."""
+    if not devices:
+        return [None] * jobs
+    per_device = max(1, math.ceil(jobs / len(devices)))
+    return [d for d in devices for _ in range(per_device)][:max(jobs, len(devices))]
+
+
+def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, jobs: int = 1,
+             devices: list[str] | None = None, retry_failed: bool = False, dry_run: bool = False,
+             notebook: str | os.PathLike = TRAIN_NOTEBOOK, echo: Callable[[str], Any] = print) -> dict[str, str]:
+    """Run every cell not yet done; returns cell id -> final status."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    pf = load_params_file(params_path)
+    cells = pf.cells()
+    out_root = Path(out_root)
+    notebook = Path(notebook)
+    if not notebook.exists():
+        raise ConfigError(f"notebook {notebook} does not exist")
+    if dry_run:
+        from .cli import count_parameters
+        for cell in cells:
+            echo(f"{cell.id}  {cell_status(out_root / cell.id):8s}  n_params={count_parameters(cell.config)['n_params']:,}")
+        return {c.id: cell_status(out_root / c.id) for c in cells}
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(params_path, out_root / GRID_COPY)
+    todo = []
+    for cell in cells:
+        status = cell_status(out_root / cell.id)
+        if status == "done" or (status == "failed" and not retry_failed):
+            echo(f"skip  {cell.id}  ({status})")
+            continue
+        todo.append(cell)
+    free = device_slots(devices, jobs)
+    running: list[Running] = []
+    last_start = 0.0
+    try:
+        while todo or running:
+            while todo and free:
+                time.sleep(max(0.0, last_start + KERNEL_START_GAP_S - time.monotonic()))
+                cell, device = todo.pop(0), free.pop(0)
+                resuming = (out_root / cell.id / "last.pt").exists()
+                echo(f"start {cell.id}" + (" (resuming)" if resuming else "") + (f" on device {device}" if device else ""))
+                running.append(Running(cell, start_cell(cell, out_root, notebook, device), device))
+                last_start = time.monotonic()
+            time.sleep(0.2)
+            for r in [r for r in running if r.process.poll() is not None]:
+                running.remove(r)
+                free.append(r.device)
+                cell_dir = out_root / r.cell.id
+                if r.process.returncode != 0:
+                    record_failure(r.cell, cell_dir, f"notebook exited with code {r.process.returncode}: "
+                                                     f"{last_error_line(cell_dir / CELL_LOG)}")
+                status = cell_status(cell_dir)
+                metrics = read_metrics(cell_dir) or {}
+                detail = (f"val {metrics.get('best_val_acc'):.4f} test {metrics.get('test_acc'):.4f}"
+                          if status == "done" else metrics.get("error") or "")
+                echo(f"{status:5s} {r.cell.id}  {detail}")
+    except KeyboardInterrupt:
+        echo("interrupted: stopping running cells; rerun the same command to resume them")
+        for r in running:
+            r.process.send_signal(signal.SIGTERM)
+        for r in running:
+            r.process.wait()
+        raise
+    return {c.id: cell_status(out_root / c.id) for c in cells}
+
+
+def status_rows(out_root: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per cell folder (and per pending cell of the grid's params file, when known)."""
+    out_root = Path(out_root)
+    ids: list[str] = []
+    if (out_root / GRID_COPY).exists():
+        ids = [c.id for c in load_params_file(out_root / GRID_COPY).cells()]
+    ids += sorted(p.name for p in out_root.iterdir() if p.is_dir() and p.name not in ids
+                  and ((p / "params.yaml").exists() or (p / "metrics.json").exists()))
+    rows = []
+    for cell_id in ids:
+        metrics = read_metrics(out_root / cell_id) or {}
+        planned = None
+        if (out_root / cell_id / "params.yaml").exists():
+            p = yaml.safe_load((out_root / cell_id / "params.yaml").read_text()) or {}
+            planned = p.get("stage1_epochs", 0) + p.get("stage2_epochs", 0)
+        rows.append({"id": cell_id, "status": metrics.get("status", "pending"), "epochs": metrics.get("epochs_done"),
+                     "planned": planned, "best_val_acc": metrics.get("best_val_acc"),
+                     "test_acc": metrics.get("test_acc"), "error": metrics.get("error")})
+    return rows
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    def pct(v):
+        return f"{100 * v:6.2f}%" if isinstance(v, (int, float)) else "      -"
+    width = max([len(r["id"]) for r in rows] + [4])
+    lines = [f"{'cell':{width}s}  status   epochs  best val     test"]
+    for r in rows:
+        epochs = f"{r['epochs'] or 0}/{r['planned'] or '?'}"
+        line = f"{r['id']:{width}s}  {r['status']:7s}  {epochs:>6s}  {pct(r['best_val_acc'])}  {pct(r['test_acc'])}"
+        if r["status"] == "failed" and r["error"]:
+            line += f"  {r['error'][:120]}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _run_cell_main(notebook: str, cell_dir: str, params_json: str) -> int:
+    """The child process of one cell: papermill, with the kernel's output echoed to log.txt."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    parameters = {**json.loads(params_json), "out_dir": str(Path(cell_dir).resolve())}
+    try:
+        execute_notebook(notebook, Path(cell_dir) / "train.ipynb", parameters, log_output=True)
+    except Exception as err:  # papermill's error for a failing cell, or a dead kernel: report and exit 1
+        print(f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "_cell":
+        sys.exit(_run_cell_main(*sys.argv[2:]))
+    sys.exit("usage: python -m slotlib.grid _cell NOTEBOOK CELL_DIR PARAMS_JSON (used by `slotlib grid`)")

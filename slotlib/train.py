@@ -91,6 +91,28 @@ def write_history(path: Path, rows: list[dict]) -> None:
     write_atomic(path, out.getvalue())
 
 
+@contextlib.contextmanager
+def run_lock(out_dir: Path, wait_s: float = 15.0):
+    """Exclusive lock on a run folder, so two processes never train into it at once.
+
+    Waits a little: a kernel orphaned by a killed grid needs about a second to notice and exit.
+    """
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"another process is training in {out_dir}; wait for it or stop it") from None
+                time.sleep(0.2)
+        yield
+
+
 def read_metrics(out_dir: str | os.PathLike) -> dict | None:
     path = Path(out_dir) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -368,11 +390,15 @@ def fit(exp: Experiment) -> dict[str, Any]:
 
     Returns metrics.json's content. A run already ``done`` is not redone.
     """
+    with run_lock(exp.out_dir):
+        return _fit_locked(exp)
+
+
+def _fit_locked(exp: Experiment) -> dict[str, Any]:
     out, cfg = exp.out_dir, exp.config
     done = read_metrics(out)
     if done and done.get("status") == "done" and (out / "best.pt").exists():
         return done
-    out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "params.yaml", yaml.safe_dump(cfg.to_params(), sort_keys=False))
     wall_start = time.perf_counter()
     state, resume = load_resume(exp)

@@ -136,3 +136,9 @@ def test_parse_set():
         "slot_iters": 3, "pretrained_file": None, "dropout": 0.2, "head": "slot"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_set(["slot_iters"])
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "params").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_params_files_are_valid(path):
+    assert load_params_file(path).cells()

@@ -1,0 +1,124 @@
+"""Grids through papermill: dry run, end to end, skip done, failed cells, SIGKILL of the runner."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slotlib.cli import main
+from slotlib.grid import device_slots, format_status, run_grid, status_rows
+
+
+def grid_file(tmp_path, root, grid, **base) -> Path:
+    params = {"base": {"data_root": str(root), "image_size": 64, "batch_size": 16, "pretrained": False,
+                       "hidden_dim": 32, "slot_iters": 2, "stage1_epochs": 1, "stage2_epochs": 1,
+                       "per_class_limit": 6, "device": "cpu", **base},
+              "grid": grid}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def cell_processes(out) -> set[int]:
+    """PIDs of papermill children of this grid and of every ipykernel (started by anyone)."""
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return {int(line.split(None, 1)[0]) for line in ps.splitlines()
+            if "ipykernel_launcher" in line or str(out) in line}
+
+
+def test_device_slots():
+    assert device_slots(None, 3) == [None, None, None]
+    assert device_slots(["0", "1"], 2) == ["0", "1"]
+    assert device_slots(["0"], 3) == ["0", "0", "0"]
+    assert device_slots(["0", "1"], 4) == ["0", "0", "1", "1"]
+
+
+def test_dry_run_lists_cells_and_counts(tmp_path, tiny_root, capsys):
+    path = grid_file(tmp_path, tiny_root, {"head": ["scouter", "linear"]})
+    assert main(["grid", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("pending" in l and "n_params=" in l for l in lines)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_grid_exits_2(tmp_path, tiny_root, capsys):
+    path = grid_file(tmp_path, tiny_root, {"head": []})
+    assert main(["grid", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "'head'" in capsys.readouterr().err
+
+
+def test_two_cell_grid_end_to_end_then_rerun_skips(tmp_path, tiny_root, isolated_cache):
+    path = grid_file(tmp_path, tiny_root, {"head": ["scouter", "linear"]})
+    out = tmp_path / "out"
+    messages = []
+    final = run_grid(path, out, jobs=2, echo=messages.append)
+    assert list(final.values()) == ["done", "done"], messages
+    for cell_id in final:
+        folder = out / cell_id
+        assert {"params.yaml", "history.csv", "metrics.json", "best.pt", "last.pt", "train.ipynb", "log.txt"} <= {
+            p.name for p in folder.iterdir()}
+    stamps = {c: (out / c / "metrics.json").stat().st_mtime_ns for c in final}
+    messages.clear()
+    assert run_grid(path, out, jobs=2, echo=messages.append) == final
+    assert all(m.startswith("skip") for m in messages)
+    assert stamps == {c: (out / c / "metrics.json").stat().st_mtime_ns for c in final}
+    table = format_status(status_rows(out))
+    assert table.count("done") == 2 and "2/2" in table
+
+
+def test_failed_cell_is_recorded_and_the_grid_carries_on(tmp_path, tiny_root, isolated_cache):
+    good = str(tiny_root)
+    path = grid_file(tmp_path, tiny_root, {"data_root": [good, str(tmp_path / "nowhere")]})
+    out = tmp_path / "out"
+    final = run_grid(path, out, jobs=1, echo=lambda m: None)
+    assert sorted(final.values()) == ["done", "failed"]
+    failed = next(c for c, s in final.items() if s == "failed")
+    metrics = json.loads((out / failed / "metrics.json").read_text())
+    assert "EuroSAT" in metrics["error"] or "not found" in metrics["error"]
+    # without --retry-failed the failed cell is left alone; with it, only that cell runs again
+    messages = []
+    run_grid(path, out, echo=messages.append)
+    assert not any(m.startswith("start") for m in messages)
+    messages.clear()
+    run_grid(path, out, retry_failed=True, echo=messages.append)
+    assert [m.split()[1] for m in messages if m.startswith("start")] == [failed]
+
+
+def test_sigkill_of_the_runner_then_rerun_recomputes_no_finished_cell(tmp_path, tiny_root, isolated_cache):
+    path = grid_file(tmp_path, tiny_root, {"slot_iters": [1, 2, 3]}, stage2_epochs=3)
+    out = tmp_path / "out"
+    env = {**os.environ, "SLOTLIB_CACHE": str(isolated_cache)}
+    cmd = [sys.executable, "-m", "slotlib.cli", "grid", str(path), "--out", str(out), "--jobs", "1"]
+    kernels_before = cell_processes(out)
+    runner = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 400
+
+    def statuses():
+        return [json.loads(m.read_text())["status"] for m in sorted(out.glob("*/metrics.json"))] if out.exists() else []
+
+    while time.time() < deadline and runner.poll() is None:
+        s = statuses()
+        if s.count("done") >= 1 and "running" in s:
+            break
+        time.sleep(0.2)
+    assert runner.poll() is None, runner.stdout.read().decode()[-2000:]
+    runner.send_signal(signal.SIGKILL)  # the runner alone: its children must not outlive it
+    runner.wait()
+    done_before = {m.parent.name: m.stat().st_mtime_ns for m in out.glob("*/metrics.json")
+                   if json.loads(m.read_text())["status"] == "done"}
+    assert len(done_before) >= 1
+    time.sleep(3)  # the orphaned kernel's parent poller notices within a second
+    assert cell_processes(out) - kernels_before == set(), "a cell process or kernel outlived the killed runner"
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert statuses() == ["done", "done", "done"]
+    for cell_id, stamp in done_before.items():
+        assert (out / cell_id / "metrics.json").stat().st_mtime_ns == stamp, f"{cell_id} was recomputed"
+        assert f"skip  {cell_id}" in rerun.stdout
