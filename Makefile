@@ -29,9 +29,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q --run-slow $(PYTEST_ARGS)
 
-# The main job. Until training lands it describes the reference's best cell.
+# The main job: the CPU demo grid (papermill, one executed notebook per cell), then its report.
 demo: $(STAMP)
-	$(VENV)/bin/slotlib describe params/reference_best.yaml
+	$(VENV)/bin/slotlib grid params/demo.yaml --out outputs/demo
+	$(VENV)/bin/slotlib status outputs/demo
+	$(VENV)/bin/slotlib report outputs/demo
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab

@@ -4,6 +4,7 @@
     slotlib train PARAMS.yaml --out DIR [--cell ID] [--set key=value ...]
     slotlib grid PARAMS.yaml --out DIR [--jobs N] [--devices 0,1] [--dry-run] [--retry-failed]
     slotlib status DIR
+    slotlib report DIR
 
 Bad input exits with code 2 and one sentence on stderr naming the key, file or value at fault.
 """
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebook", default=None, help="notebook to run per cell (default notebooks/train.ipynb)")
     p = sub.add_parser("status", help="one line per cell of a grid folder")
     p.add_argument("dir", help="grid folder")
+    p = sub.add_parser("report", help="execute notebooks/analysis.ipynb on a grid folder; write DIR/report.html")
+    p.add_argument("dir", help="grid folder")
     return parser
 
 
@@ -128,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not os.path.isdir(args.dir):
                 raise ConfigError(f"grid folder {args.dir!r} does not exist")
             print(format_status(status_rows(args.dir)))
+        elif args.command == "report":
+            from .report import render
+            if not os.path.isdir(args.dir):
+                raise ConfigError(f"grid folder {args.dir!r} does not exist")
+            print(f"report: {render(args.dir)}")
     except KeyboardInterrupt:
         return 130
     except (ConfigError, FileNotFoundError) as err:  # bad parameters, or data/weights not where they were said to be

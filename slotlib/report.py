@@ -1,0 +1,151 @@
+"""Collect a grid folder's cell outputs into a table, and render the analysis notebook to HTML.
+
+Reads only what cells wrote (``metrics.json``, ``history.csv``) and the grid's copy of its params
+file; it never trains. Grids are ranked by validation accuracy; test accuracy stands beside it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .grid import GRID_COPY, NOTEBOOKS, execute_notebook
+
+ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
+RESULT_COLUMNS = ["best_val_acc", "test_acc", "best_stage", "best_epoch", "n_params", "wall_seconds",
+                  "train_images_per_second"]
+
+
+def grid_axes(runs_dir: str | os.PathLike) -> list[str]:
+    """The parameters the grid varies (from its params file), seed last when seeds are given."""
+    import yaml
+
+    path = Path(runs_dir) / GRID_COPY
+    if not path.exists():
+        return []
+    raw = yaml.safe_load(path.read_text()) or {}
+    return list((raw.get("grid") or {}).keys()) + (["seed"] if raw.get("seeds") else [])
+
+
+def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per cell folder: the grid axes, status, results and error."""
+    runs_dir = Path(runs_dir)
+    axes = grid_axes(runs_dir)
+    rows = []
+    for path in sorted(runs_dir.glob("*/metrics.json")):
+        m = json.loads(path.read_text())
+        params = m.get("params", {})
+        rows.append({"cell": path.parent.name, "status": m.get("status"),
+                     **{a: params.get(a) for a in axes or ["head"]},
+                     **{k: m.get(k) for k in RESULT_COLUMNS}, "error": m.get("error")})
+    columns = ["cell", "status", *(axes or ["head"]), *RESULT_COLUMNS, "error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ranked(table: pd.DataFrame) -> pd.DataFrame:
+    """Finished cells, best validation accuracy first (model selection never looks at test)."""
+    done = table[table["status"] == "done"]
+    return done.sort_values("best_val_acc", ascending=False).drop(columns=["error"]).reset_index(drop=True)
+
+
+def seed_summary(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Mean and spread (sample std) over seeds of each setting, ranked by mean validation accuracy."""
+    done = table[table["status"] == "done"]
+    keys = [a for a in axes if a != "seed"]
+    if done.empty:
+        return pd.DataFrame()
+    grouped = done.groupby(keys, dropna=False) if keys else done.assign(_all="all").groupby("_all")
+    out = grouped.agg(seeds=("cell", "count"), val_mean=("best_val_acc", "mean"), val_std=("best_val_acc", "std"),
+                      test_mean=("test_acc", "mean"), test_std=("test_acc", "std"), n_params=("n_params", "first"))
+    return out.sort_values("val_mean", ascending=False)
+
+
+def failed(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["status"] == "failed"][["cell", "error"]].reset_index(drop=True)
+
+
+def sortable_html(table: pd.DataFrame, float_format: str = "{:.4f}") -> str:
+    """An HTML table whose columns sort on click; self-contained, so it works offline in the report."""
+    head = "".join(f"<th onclick=\"slotlibSort(this)\" style='cursor:pointer'>{html.escape(str(c))} &#x21C5;</th>"
+                   for c in table.columns)
+
+    def cell(v):
+        if isinstance(v, float) and not np.isnan(v):
+            return f"<td data-v='{v}'>{float_format.format(v)}</td>"
+        return f"<td data-v='{html.escape(str(v))}'>{html.escape('' if v is None else str(v))}</td>"
+
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in table.itertuples(index=False))
+    script = """<script>
+function slotlibSort(th){const t=th.closest('table'),i=[...th.parentNode.children].indexOf(th),
+b=t.tBodies[0],r=[...b.rows],asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';
+r.sort((x,y)=>{const a=x.cells[i].dataset.v,c=y.cells[i].dataset.v,na=parseFloat(a),nc=parseFloat(c);
+const d=(!isNaN(na)&&!isNaN(nc))?na-nc:a.localeCompare(c);return asc?d:-d});r.forEach(x=>b.appendChild(x));}
+</script>"""
+    return f"{script}<table class='dataframe'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def plot_axes(table: pd.DataFrame, axes: list[str]):
+    """Validation and test accuracy against each grid axis (one panel per axis, seeds as points)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    done = table[table["status"] == "done"]
+    shown = [a for a in axes if a != "seed"] or ["head"]
+    fig, panels = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.3), squeeze=False)
+    long = done.melt(id_vars=shown, value_vars=["best_val_acc", "test_acc"], var_name="split", value_name="accuracy")
+    long["split"] = long["split"].map({"best_val_acc": "val", "test_acc": "test"})
+    for ax, axis in zip(panels[0], shown):
+        data = long.assign(**{axis: long[axis].astype(str)})
+        sns.pointplot(data=data, x=axis, y="accuracy", hue="split", ax=ax, dodge=0.3, errorbar="sd",
+                      linestyles="none", markers=["o", "s"])
+        ax.set_title(axis)
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_curves(runs_dir: str | os.PathLike, table: pd.DataFrame, k: int = 3):
+    """Validation accuracy per epoch of the k best cells."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for cell in ranked(table)["cell"].head(k):
+        h = pd.read_csv(Path(runs_dir) / cell / "history.csv")
+        ax.plot(np.arange(1, len(h) + 1), h["val_acc"], label=cell)
+    ax.set(xlabel="epoch (both stages)", ylabel="val accuracy", title=f"top {k} cells by validation accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_params_vs_accuracy(table: pd.DataFrame):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    done = table[table["status"] == "done"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    hue = "head" if "head" in done.columns else None
+    sns.scatterplot(data=done, x="n_params", y="test_acc", hue=hue, ax=ax)
+    ax.set(xlabel="parameters", ylabel="test accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def render(runs_dir: str | os.PathLike) -> Path:
+    """Execute the analysis notebook on ``runs_dir`` and write ``runs_dir/report.html`` (code hidden)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    runs_dir = Path(runs_dir).resolve()
+    executed = runs_dir / "analysis.ipynb"
+    execute_notebook(ANALYSIS_NOTEBOOK, executed, {"runs_dir": str(runs_dir)})
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    out = runs_dir / "report.html"
+    from .train import write_atomic
+    write_atomic(out, body)
+    return out

@@ -1,0 +1,60 @@
+"""The report reads only cell files: synthetic cells are enough to test it end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from slotlib import report
+from slotlib.cli import main
+
+CLASSES = ["A", "B"]
+
+
+def write_cell(root, cell_id, head, seed, val, test, status="done", error=None):
+    folder = root / cell_id
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "status": status, "cell_id": cell_id, "params": {"head": head, "seed": seed},
+        "best_val_acc": val, "test_acc": test, "best_stage": 2, "best_epoch": 3, "n_params": 1000 if head == "linear"
+        else 2000, "wall_seconds": 10.0, "train_images_per_second": 100.0, "error": error}))
+    rows = ["stage,epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_second"]
+    rows += [f"{1 if e < 2 else 2},{e},1.0,0.5,1.0,{(val or 0) * (e + 1) / 4:.4f},0.001,1.0,100" for e in range(4)]
+    (folder / "history.csv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture
+def grid_dir(tmp_path):
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"base": {}, "grid": {"head": ["scouter", "linear"]},
+                                                        "seeds": [0, 1]}))
+    write_cell(tmp_path, "scouter_seed0-aa", "scouter", 0, 0.90, 0.89)
+    write_cell(tmp_path, "scouter_seed1-bb", "scouter", 1, 0.92, 0.90)
+    write_cell(tmp_path, "linear_seed0-cc", "linear", 0, 0.80, 0.81)
+    write_cell(tmp_path, "linear_seed1-dd", "linear", 1, None, None, status="failed",
+               error="NonFiniteLossError: loss became nan in stage2, epoch 3, batch 7")
+    return tmp_path
+
+
+def test_collect_rank_and_seed_summary(grid_dir):
+    table = report.collect(grid_dir)
+    assert len(table) == 4 and report.grid_axes(grid_dir) == ["head", "seed"]
+    assert list(report.ranked(table)["cell"]) == ["scouter_seed1-bb", "scouter_seed0-aa", "linear_seed0-cc"]
+    summary = report.seed_summary(table, ["head", "seed"])
+    assert summary.loc["scouter", "seeds"] == 2
+    assert summary.loc["scouter", "val_mean"] == pytest.approx(0.91)
+    assert summary.loc["scouter", "val_std"] == pytest.approx(np.std([0.90, 0.92], ddof=1))
+    assert list(report.failed(table)["cell"]) == ["linear_seed1-dd"]
+
+
+def test_report_renders_html_with_plots(grid_dir, capsys):
+    assert main(["report", str(grid_dir)]) == 0
+    page = (grid_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64") >= 3
+    assert "slotlibSort" in page and "scouter_seed1-bb" in page
+    assert "loss became nan in stage2" in page  # failed cells are shown with their error
+    assert "report.collect(" not in page  # code is hidden
+
+
+def test_report_of_missing_folder_exits_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
