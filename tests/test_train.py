@@ -191,3 +191,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_root, isolated_c
     for key in ("status", "best_val_acc", "best_stage", "best_epoch", "stage1_best_val_acc", "test_acc", "test_loss",
                 "per_class_test_acc"):
         assert metrics[key] == reference[key], key
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    training.write_atomic(tmp_path / "f.txt", "x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~training._UMASK
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind
