@@ -292,24 +292,30 @@ class EpochResult:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
+def forward_loss(exp: Experiment, model: Callable, images: torch.Tensor, target: torch.Tensor):
+    """Batch to the device, forward under the run's autocast, the training objective: (target, logits, loss)."""
+    cfg, device = exp.config, exp.device
+    images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+    dtype = autocast_dtype(cfg.train.precision, device)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits, attn = model(images)                                    # [B,K], [B,S,N]
+    loss, _ = slot_classification_loss(logits, target, attn, head=cfg.model.head, lambda_area=cfg.train.lambda_area,
+                                       area_power=cfg.model.area_power, label_smoothing=cfg.train.label_smoothing)
+    return target, logits, loss
+
+
 def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: StagePlan, epoch: int,
                     scaler: torch.amp.GradScaler | None) -> EpochResult:
     cfg, device = exp.config, exp.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    dtype = autocast_dtype(cfg.train.precision, device)
     bar = tqdm(exp.loaders["train"], desc=f"{plan.name} epoch {epoch}", leave=False, disable=not exp.progress,
                unit="batch")
     sync(device)
     start = time.perf_counter()
     for batch, (images, target) in enumerate(bar, 1):
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits, attn = step_model(images)
-        loss, _ = slot_classification_loss(logits, target, attn, head=cfg.model.head,
-                                           lambda_area=cfg.train.lambda_area, area_power=cfg.model.area_power,
-                                           label_smoothing=cfg.train.label_smoothing)
+        target, logits, loss = forward_loss(exp, step_model, images, target)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss became {loss.item()} in {plan.name}, epoch {epoch}, batch {batch}; "
                                      f"lower the learning rate or set 'grad_clip'")
@@ -351,20 +357,14 @@ def sync(device: torch.device) -> None:
 @torch.no_grad()
 def evaluate(exp: Experiment, model: Callable, split: str) -> dict[str, Any]:
     """Loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
-    cfg, device = exp.config, exp.device
+    device = exp.device
     was_training = exp.model.training
     exp.model.eval()
     k = len(exp.class_names)
     confusion = torch.zeros(k, k, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
-    dtype = autocast_dtype(cfg.train.precision, device)
     for images, target in exp.loaders[split]:
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits, attn = model(images)
-        loss, _ = slot_classification_loss(logits, target, attn, head=cfg.model.head,
-                                           lambda_area=cfg.train.lambda_area, area_power=cfg.model.area_power,
-                                           label_smoothing=cfg.train.label_smoothing)
+        target, logits, loss = forward_loss(exp, model, images, target)
         loss_sum += loss * target.shape[0]
         confusion += torch.bincount(target * k + logits.argmax(1), minlength=k * k).view(k, k)
     exp.model.train(was_training)
