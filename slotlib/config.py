@@ -116,6 +116,7 @@ class TrainConfig:
     precision: str = _p("auto", "'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'fp32', 'bf16' or 'fp16'")
     compile: bool = _p(False, "torch.compile the model")
     device: str = _p("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    explain_tiles: int = _p(200, "test tiles for the explanation metrics (area, deletion/insertion AUC); 0 skips them")
 
     def __post_init__(self) -> None:
         _require(self.lambda_area >= 0, "lambda_area", self.lambda_area, "a number >= 0")
@@ -131,6 +132,7 @@ class TrainConfig:
         _require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None, "device", self.device,
                  "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
+        _require(self.explain_tiles >= 0, "explain_tiles", self.explain_tiles, "an integer >= 0")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

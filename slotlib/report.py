@@ -18,7 +18,7 @@ from .grid import GRID_COPY, NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
 RESULT_COLUMNS = ["best_val_acc", "test_acc", "best_stage", "best_epoch", "n_params", "wall_seconds",
-                  "train_images_per_second"]
+                  "train_images_per_second", "area_size", "deletion_auc", "insertion_auc"]
 
 
 def grid_axes(runs_dir: str | os.PathLike) -> list[str]:
@@ -63,6 +63,12 @@ def seed_summary(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     out = grouped.agg(seeds=("cell", "count"), val_mean=("best_val_acc", "mean"), val_std=("best_val_acc", "std"),
                       test_mean=("test_acc", "mean"), test_std=("test_acc", "std"), n_params=("n_params", "first"))
     return out.sort_values("val_mean", ascending=False)
+
+
+def explanations(table: pd.DataFrame) -> pd.DataFrame:
+    """Area size and deletion/insertion AUC per finished cell, beside its accuracy."""
+    cols = ["cell", "best_val_acc", "test_acc", "area_size", "deletion_auc", "insertion_auc"]
+    return ranked(table)[cols]
 
 
 def failed(table: pd.DataFrame) -> pd.DataFrame:

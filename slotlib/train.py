@@ -196,8 +196,12 @@ class Experiment:
         return tuple(self.data.classes)
 
 
-def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) -> Experiment:
-    """Check the run folder, load data, build the model. Raises ConfigError on bad input first."""
+def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True,
+            pretrained: bool | None = None) -> Experiment:
+    """Check the run folder, load data, build the model. Raises ConfigError on bad input first.
+
+    ``pretrained=False`` skips fetching backbone weights (when a checkpoint will be loaded anyway).
+    """
     from . import data as eurosat
 
     out_dir = Path(out_dir)
@@ -217,7 +221,7 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     loaders = eurosat.make_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
                                    std=std, augment=dc.augment, num_workers=dc.num_workers, seed=config.train.seed)
     seed_everything(config.train.seed)
-    model = SlotClassifier(config.model, num_classes=len(ds.classes)).to(device)
+    model = SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained).to(device)
     split_fp = json.dumps({k: v.tolist() for k, v in splits.items()})
     return Experiment(config, out_dir, ds, splits, loaders, model, device, mean, std,
                       hashlib.sha256(split_fp.encode()).hexdigest()[:16], progress)
@@ -437,8 +441,12 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
         test = evaluate(exp, step_model, "test")
         per_class = {name: (row[i] / sum(row) if sum(row) else None)
                      for i, (name, row) in enumerate(zip(exp.class_names, test["confusion"]))}
+        explanation = {}
+        if cfg.train.explain_tiles:
+            from .explain import explain_split
+            explanation = explain_split(exp, "test", cfg.train.explain_tiles, seed=cfg.train.seed)
         return write_metrics("done", test_acc=test["acc"], test_loss=test["loss"], per_class_test_acc=per_class,
-                             test_confusion=test["confusion"], class_names=list(exp.class_names))
+                             test_confusion=test["confusion"], class_names=list(exp.class_names), **explanation)
     except KeyboardInterrupt:
         raise  # status stays "running": last.pt resumes it
     except Exception as err:
