@@ -64,9 +64,10 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, par
 
 # --------------------------------------------------------------------------- cell state
 
-def read_metrics(cell_dir: Path) -> dict | None:
+def read_metrics(cell_dir: str | os.PathLike) -> dict | None:
+    """A run folder's metrics.json, or None before the run has written one."""
     try:
-        return json.loads((cell_dir / "metrics.json").read_text())
+        return json.loads((Path(cell_dir) / "metrics.json").read_text())
     except FileNotFoundError:
         return None
 

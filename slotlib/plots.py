@@ -6,7 +6,6 @@ trains. Figures are matplotlib/seaborn and are returned, so notebooks show them 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +62,6 @@ def read_history(run_dir) -> pd.DataFrame:
     history = pd.read_csv(Path(run_dir) / "history.csv")
     history["step"] = np.arange(1, len(history) + 1)
     return history
-
-
-def read_metrics(run_dir) -> dict:
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
 
 
 def learning_curves(run_dir):

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import Config, ConfigError
+from .grid import read_metrics
 from .losses import NonFiniteLossError, slot_classification_loss
 from .model import SlotClassifier
 
@@ -116,11 +117,6 @@ def run_lock(out_dir: Path, wait_s: float = 15.0):
                     raise ConfigError(f"another process is training in {out_dir}; wait for it or stop it") from None
                 time.sleep(0.2)
         yield
-
-
-def read_metrics(out_dir: str | os.PathLike) -> dict | None:
-    path = Path(out_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 # --------------------------------------------------------------------------- environment
