@@ -63,7 +63,7 @@ def train(params_path: str, out_dir: str, overrides: dict, cell: str | None, pro
     if cell is not None:
         chosen = [c for c in cells if c.id == cell or c.id.split("-")[0] == cell]
         if not chosen:
-            raise ConfigError(f"--cell {cell!r} is not a cell of {pf.path}; its cells are: "
+            raise ConfigError(f"--cell {cell!r} is not a cell of {params_path}; its cells are: "
                               f"{', '.join(c.id for c in cells)}")
     elif len(cells) > 1:
         raise ConfigError(f"{params_path} has {len(cells)} cells; pick one with --cell ID (see `slotlib describe`) "

@@ -49,3 +49,14 @@ def test_bad_input_in_process(args, needle, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(args) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_train_with_an_unknown_cell_exits_2(tmp_path, capsys):
+    path = tmp_path / "g.yaml"
+    path.write_text("base: {pretrained: false}\ngrid: {head: [scouter, linear]}\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "o"), "--cell", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "'nope' is not a cell of" in err and "scouter-" in err
+    assert main(["train", str(path), "--out", str(tmp_path / "o")]) == 2  # a grid needs --cell
+    assert "pick one with --cell" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
