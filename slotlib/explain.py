@@ -42,12 +42,6 @@ def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def attention_maps(model, images: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``[B,K]`` and per-class maps ``[B,K,size,size]`` upsampled bilinearly from the token grid."""
-    logits, maps = class_maps(model, images)
-    return logits, upsample(maps, size)
-
-
 def deletion_insertion(predict, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor,
                        deleted: torch.Tensor, inserted_from: torch.Tensor, steps: int = 16
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,8 +195,8 @@ class Predictions:
     @property
     def classes(self) -> torch.Tensor:
         """[M,K,h,w]: a class's slots summed."""
-        m, s, h, w = self.slots.shape
-        return self.slots.view(m, self.num_classes, s // self.num_classes, h, w).sum(2)
+        m, _, h, w = self.slots.shape
+        return class_attention(self.slots.flatten(2), self.num_classes).view(m, -1, h, w)
 
 
 @torch.no_grad()

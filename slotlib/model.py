@@ -106,6 +106,7 @@ class SlotClassifier(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = create_head(cfg, num_classes)
         self._pos: dict[tuple[int, int], torch.Tensor] = {}
+        self._grid: dict[int, tuple[int, int]] = {}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone(images)[-1]                            # [B,C,H,W]
@@ -121,11 +122,13 @@ class SlotClassifier(nn.Module):
         return self._pos[(h, w)]
 
     def token_grid(self, image_size: int) -> tuple[int, int]:
-        """(H, W) of the attention maps for square inputs of ``image_size`` pixels."""
-        with torch.no_grad():
-            device = next(self.parameters()).device
-            shape = self.backbone(torch.zeros(1, 3, image_size, image_size, device=device))[-1].shape
-        return shape[-2], shape[-1]
+        """(H, W) of the attention maps for square inputs of ``image_size`` pixels (measured once per size)."""
+        if image_size not in self._grid:
+            with torch.no_grad():
+                device = next(self.parameters()).device
+                shape = self.backbone(torch.zeros(1, 3, image_size, image_size, device=device))[-1].shape
+            self._grid[image_size] = (shape[-2], shape[-1])
+        return self._grid[image_size]
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Everything after the backbone: what stage 1 trains."""
