@@ -20,7 +20,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import random
@@ -37,15 +36,13 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError
+from .config import LOCAL_ONLY, Config, ConfigError
 from .grid import read_metrics
 from .losses import NonFiniteLossError, slot_classification_loss
 from .model import SlotClassifier
 
 HISTORY_COLUMNS = ("stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
                    "images_per_second")
-
-
 
 
 # --------------------------------------------------------------------------- files, atomically
@@ -234,11 +231,10 @@ def check_run_folder(config: Config, out_dir: Path) -> None:
     except ConfigError as err:
         raise ConfigError(f"{path} holds parameters this version cannot read ({err}); use another output folder") from None
     if old_cfg.digest() != config.digest():
-        new = config.to_params()
-        diff = [k for k in new if k not in ("data_root", "num_workers") and old_cfg.to_params().get(k) != new[k]]
-        first = diff[0] if diff else "?"
+        new, there = config.to_params(), old_cfg.to_params()
+        first = next((k for k in new if k not in LOCAL_ONLY and there.get(k) != new[k]), "?")
         raise ConfigError(f"{out_dir} already holds a run with different parameters ('{first}': "
-                          f"{old_cfg.to_params().get(first)!r} there, {new.get(first)!r} now); "
+                          f"{there.get(first)!r} there, {new.get(first)!r} now); "
                           f"use another output folder or delete that one")
 
 
@@ -307,6 +303,7 @@ def forward_loss(exp: Experiment, model: Callable, images: torch.Tensor, target:
 def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: StagePlan, epoch: int,
                     scaler: torch.amp.GradScaler | None) -> EpochResult:
     cfg, device = exp.config, exp.device
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -326,8 +323,7 @@ def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: Stag
         else:
             loss.backward()
         if cfg.train.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                                  cfg.train.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(trained, cfg.train.grad_clip)
             if scaler is None and not torch.isfinite(norm):  # stop before NaN reaches the weights
                 raise NonFiniteLossError(f"gradient norm became {norm.item()} in {plan.name}, epoch {epoch}, "
                                          f"batch {batch}; lower the learning rate")
@@ -340,7 +336,7 @@ def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: Stag
         loss_sum += loss.detach() * n
         correct += (logits.argmax(1) == target).sum()
         seen += n
-        if exp.progress and (batch % 10 == 0 or batch == len(bar)):  # the only host syncs in the loop
+        if exp.progress and (batch % 10 == 0 or batch == len(bar)):  # besides the finiteness checks above
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
                             img_s=f"{seen / elapsed:.0f}")
@@ -431,7 +427,8 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
             if not finished:
                 run_stage(exp, step_model, plan, state, resume if plan.index == state.stage else None,
                           lambda: write_metrics("running"), wall_before, wall_start)
-            if plan.index == 1 and state.stage == 1:  # stage 2 starts from the best stage-1 weights
+            if plan.index == 1 and state.stage == 1 and cfg.train.stage2_epochs:
+                # stage 2 starts from the best stage-1 weights
                 exp.model.load_state_dict(torch.load(out / "best.pt", weights_only=True, map_location=exp.device))
         exp.model.load_state_dict(torch.load(out / "best.pt", weights_only=True, map_location=exp.device))
         test = evaluate(exp, step_model, "test")
