@@ -22,20 +22,6 @@ from .config import Config, ConfigError, load_params_file, parse_params, parse_s
 EXIT_BAD_INPUT = 2
 
 
-_MODEL_KEYS = ("backbone", "feature_stride", "head", "hidden_dim", "slots_per_class")
-_COUNTS: dict[str, dict] = {}
-
-
-def count_parameters(cfg: Config, num_classes: int = 10) -> dict[str, int]:
-    """Parameter counts by part, from a randomly initialised model (no weights are fetched)."""
-    from .model import SlotClassifier  # imports torch and timm: only for commands that need them
-
-    key = json.dumps([getattr(cfg.model, k) for k in _MODEL_KEYS] + [num_classes])
-    if key not in _COUNTS:
-        _COUNTS[key] = SlotClassifier(cfg.model, num_classes=num_classes, pretrained=False).parameter_counts()
-    return _COUNTS[key]
-
-
 def load_with_overrides(params_path: str, overrides: dict | None):
     pf = load_params_file(params_path)
     if overrides:
@@ -45,6 +31,8 @@ def load_with_overrides(params_path: str, overrides: dict | None):
 
 def describe(params_path: str, overrides: dict | None = None) -> dict:
     """Resolved parameters and parameter counts of a params file; trains nothing, needs no data."""
+    from .model import count_parameters  # imports torch and timm: only for commands that need them
+
     pf = load_with_overrides(params_path, overrides)
     cells = pf.cells()
     base = pf.base_config

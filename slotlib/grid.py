@@ -154,7 +154,7 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
     if not notebook.exists():
         raise ConfigError(f"notebook {notebook} does not exist")
     if dry_run:
-        from .cli import count_parameters
+        from .model import count_parameters
         for cell in cells:
             echo(f"{cell.id}  {cell_status(out_root / cell.id):8s}  n_params={count_parameters(cell.config)['n_params']:,}")
         return {c.id: cell_status(out_root / c.id) for c in cells}

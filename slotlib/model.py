@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import Config, ConfigError, ModelConfig
 from .slot_attention import LinearHead, ScouterSlotAttention, SlotClassifierHead
 
 
@@ -139,3 +139,15 @@ class SlotClassifier(nn.Module):
         n_head = sum(p.numel() for p in self.head_parameters())
         return {"n_params": n_backbone + n_head, "n_params_backbone": n_backbone, "n_params_head": n_head,
                 "n_trainable_stage1": n_head, "n_trainable_stage2": n_backbone + n_head}
+
+
+_COUNT_KEYS = ("backbone", "feature_stride", "head", "hidden_dim", "slots_per_class")
+_COUNTS: dict[tuple, dict[str, int]] = {}
+
+
+def count_parameters(cfg: Config, num_classes: int = 10) -> dict[str, int]:
+    """Parameter counts by part for a config, from random weights (nothing is fetched); cached per architecture."""
+    key = tuple(getattr(cfg.model, k) for k in _COUNT_KEYS) + (num_classes,)
+    if key not in _COUNTS:
+        _COUNTS[key] = SlotClassifier(cfg.model, num_classes=num_classes, pretrained=False).parameter_counts()
+    return _COUNTS[key]
