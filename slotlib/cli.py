@@ -5,6 +5,8 @@
     slotlib grid PARAMS.yaml --out DIR [--jobs N] [--devices 0,1] [--dry-run] [--retry-failed]
     slotlib status DIR
     slotlib report DIR
+    slotlib bench [PARAMS.yaml] [--pipeline reference fast] [--image-size S] [--batch-size B] [--head H]
+                  [--device D] [--steps N] [--json] [--set key=value ...]
 
 Bad input exits with code 2 and one sentence on stderr naming the key, file or value at fault.
 """
@@ -61,6 +63,29 @@ def train(params_path: str, out_dir: str, overrides: dict, cell: str | None, pro
     return run(chosen[0].config, out_dir, progress=progress)
 
 
+def bench(args: argparse.Namespace) -> dict:
+    """Throughput of the reference and the fast data path for one model (see slotlib/bench.py)."""
+    from .bench import bench as run
+
+    overrides = parse_set(args.overrides)
+    for key, value in (("image_size", args.image_size), ("batch_size", args.batch_size), ("head", args.head),
+                       ("device", args.device), ("per_class_limit", args.per_class_limit)):
+        if value is not None:
+            overrides[key] = value
+    if args.params:
+        cells = load_with_overrides(args.params, overrides).cells()
+        config = cells[0].config
+    else:
+        config = Config.from_params(overrides, where="--set")
+    for name in ("steps", "repeats"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0 or args.workers < 0:
+        raise ConfigError(f"--warmup and --workers must be >= 0, got {args.warmup} and {args.workers}")
+    return run(config, pipelines=tuple(dict.fromkeys(args.pipeline)), steps=args.steps, warmup=args.warmup,
+               repeats=args.repeats, stage=args.stage, workers=args.workers, compile=args.compile)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slotlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="grid folder")
     p = sub.add_parser("report", help="execute notebooks/analysis.ipynb on a grid folder; write DIR/report.html")
     p.add_argument("dir", help="grid folder")
+    p = sub.add_parser("bench", help="train images/s of the reference data path against the fast one")
+    p.add_argument("params", nargs="?", help="parameters file (default: the defaults, i.e. the reference model); "
+                                             "a grid's first cell is used")
+    p.add_argument("--pipeline", nargs="+", choices=("reference", "fast"), default=["reference", "fast"],
+                   help="pipelines to time, in this order (default: both)")
+    p.add_argument("--image-size", type=int, help="input size in pixels")
+    p.add_argument("--batch-size", type=int, help="images per step")
+    p.add_argument("--head", choices=("scouter", "slot", "linear"), help="classification head")
+    p.add_argument("--device", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--per-class-limit", type=int, help="load only the first N tiles per class (quicker start)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per repeat (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats, for mean and spread (default 3)")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=2,
+                   help="1: head only on a frozen backbone; 2: everything trains (default)")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference pipeline (default 4)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in the fast pipeline")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
     return parser
 
 
@@ -124,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not os.path.isdir(args.dir):
                 raise ConfigError(f"grid folder {args.dir!r} does not exist")
             print(f"report: {render(args.dir)}")
+        elif args.command == "bench":
+            from .bench import format_bench
+            result = bench(args)
+            print(json.dumps(result, indent=2) if args.json else format_bench(result))
     except KeyboardInterrupt:
         return 130
     except (ConfigError, FileNotFoundError) as err:  # bad parameters, or data/weights not where they were said to be

@@ -34,6 +34,7 @@ import yaml
 
 HEADS = ("scouter", "slot", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PIPELINES = ("fast", "loader")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,8 @@ class DataConfig:
     batch_size: int = _p(32, "images per optimiser step")
     augment: bool = _p(True, "random resized crop, flip, rotation 15 deg, colour jitter 0.2 on training tiles")
     num_workers: int = _p(0, "DataLoader worker processes; 0 loads in the training process")
+    pipeline: str = _p("fast", "'fast' (tiles on the training device, batched augmentation there) or 'loader' "
+                               "(per-tile transforms in a DataLoader)")
 
     def __post_init__(self) -> None:
         fr = self.split_fractions
@@ -68,6 +71,7 @@ class DataConfig:
         _require(16 <= self.image_size <= 1024, "image_size", self.image_size, "an integer in [16, 1024]")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _require(self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
+        _require(self.pipeline in PIPELINES, "pipeline", self.pipeline, f"one of {', '.join(PIPELINES)}")
         _require(self.split == "random" or bool(self.split.strip()), "split", self.split,
                  "'random' or the path of a split file")
 

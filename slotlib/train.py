@@ -176,7 +176,7 @@ class Experiment:
     out_dir: Path
     data: Any            # slotlib.data.EuroSAT
     splits: dict[str, np.ndarray]
-    loaders: dict[str, torch.utils.data.DataLoader]
+    loaders: dict[str, Any]  # DataLoader ('loader' pipeline) or device_data.DeviceLoader ('fast')
     model: SlotClassifier
     device: torch.device
     mean: tuple[float, ...]
@@ -211,10 +211,24 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
         raise ConfigError(f"the '{empty[0]}' split is empty with these parameters; raise 'per_class_limit' "
                           f"or change 'split_fractions'")
     mean, std = eurosat.normalization(config.model.backbone)
-    loaders = eurosat.make_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
-                                   std=std, augment=dc.augment, num_workers=dc.num_workers, seed=config.train.seed)
+    cuda = device.type == "cuda"
+    if dc.pipeline == "fast":
+        from .device_data import make_device_loaders
+        loaders = make_device_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
+                                      std=std, augment=dc.augment, seed=config.train.seed, device=device,
+                                      channels_last=cuda)
+    else:
+        loaders = eurosat.make_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
+                                       std=std, augment=dc.augment, num_workers=dc.num_workers,
+                                       seed=config.train.seed)
+    if cuda:
+        torch.backends.cudnn.benchmark = True           # fixed input size: let cuDNN pick its fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True    # fp32 matmuls outside autocast
+        torch.backends.cudnn.allow_tf32 = True
     seed_everything(config.train.seed)
     model = SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
     split_fp = json.dumps({k: v.tolist() for k, v in splits.items()})
     return Experiment(config, out_dir, ds, splits, loaders, model, device, mean, std,
                       hashlib.sha256(split_fp.encode()).hexdigest()[:16], progress)
@@ -288,10 +302,22 @@ class EpochResult:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
+# Batches between host syncs in the training loop: the progress bar and the finiteness check.
+# Everything else stays on the device, so the GPU never waits for Python.
+SYNC_EVERY = 25
+
+
+def to_device(exp: Experiment, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on the run's device (a no-op for the fast pipeline), channels_last on CUDA."""
+    fmt = torch.channels_last if exp.device.type == "cuda" else torch.preserve_format
+    return (images.to(exp.device, non_blocking=True, memory_format=fmt),
+            target.to(exp.device, non_blocking=True))
+
+
 def forward_loss(exp: Experiment, model: Callable, images: torch.Tensor, target: torch.Tensor):
     """Batch to the device, forward under the run's autocast, the training objective: (target, logits, loss)."""
     cfg, device = exp.config, exp.device
-    images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+    images, target = to_device(exp, images, target)
     dtype = autocast_dtype(cfg.train.precision, device)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         logits, attn = model(images)                                    # [B,K], [B,S,N]
@@ -300,46 +326,71 @@ def forward_loss(exp: Experiment, model: Callable, images: torch.Tensor, target:
     return target, logits, loss
 
 
+@dataclass
+class Step:
+    """What one optimiser step leaves behind, all on the device: reading it is what costs a sync."""
+
+    loss: torch.Tensor       # [] the batch's mean loss
+    correct: torch.Tensor    # [] right predictions in the batch
+    n: int                   # images in the batch
+    finite: torch.Tensor     # [] bool: loss (and gradient norm, when clipped without a scaler) finite
+
+
+def train_step(exp: Experiment, step_model: Callable, optimizer, trained: list[nn.Parameter],
+               images: torch.Tensor, target: torch.Tensor, scaler: torch.amp.GradScaler | None) -> Step:
+    """Forward, backward, clip, optimiser step. No host sync (the training loop and the benchmark share it)."""
+    target, logits, loss = forward_loss(exp, step_model, images, target)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    finite = torch.isfinite(loss.detach())
+    if exp.config.train.grad_clip is not None:
+        norm = torch.nn.utils.clip_grad_norm_(trained, exp.config.train.grad_clip)
+        if scaler is None:  # the fp16 scaler skips non-finite steps itself
+            finite = finite & torch.isfinite(norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return Step(loss.detach(), (logits.argmax(1) == target).sum(), target.shape[0], finite)
+
+
 def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: StagePlan, epoch: int,
                     scaler: torch.amp.GradScaler | None) -> EpochResult:
-    cfg, device = exp.config, exp.device
+    device = exp.device
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.zeros((), device=device, dtype=torch.long)  # first batch whose loss or gradient was not finite
+    bad_loss = torch.zeros((), device=device)
     seen = 0
     bar = tqdm(exp.loaders["train"], desc=f"{plan.name} epoch {epoch}", leave=False, disable=not exp.progress,
                unit="batch")
     sync(device)
     start = time.perf_counter()
     for batch, (images, target) in enumerate(bar, 1):
-        target, logits, loss = forward_loss(exp, step_model, images, target)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss became {loss.item()} in {plan.name}, epoch {epoch}, batch {batch}; "
-                                     f"lower the learning rate or set 'grad_clip'")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if cfg.train.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(trained, cfg.train.grad_clip)
-            if scaler is None and not torch.isfinite(norm):  # stop before NaN reaches the weights
-                raise NonFiniteLossError(f"gradient norm became {norm.item()} in {plan.name}, epoch {epoch}, "
-                                         f"batch {batch}; lower the learning rate")
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        n = target.shape[0]
-        loss_sum += loss.detach() * n
-        correct += (logits.argmax(1) == target).sum()
-        seen += n
-        if exp.progress and (batch % 10 == 0 or batch == len(bar)):  # besides the finiteness checks above
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
-                            img_s=f"{seen / elapsed:.0f}")
+        step = train_step(exp, step_model, optimizer, trained, images, target, scaler)
+        new_bad = (first_bad == 0) & ~step.finite
+        first_bad = torch.where(new_bad, batch, first_bad)
+        bad_loss = torch.where(new_bad, step.loss.float(), bad_loss)
+        loss_sum += step.loss * step.n
+        correct += step.correct
+        seen += step.n
+        if batch % SYNC_EVERY == 0 or batch == len(bar):
+            # The only host sync of the loop. A non-finite step has already updated the weights, but
+            # the run stops here, before any checkpoint is written: nothing is skipped or saved.
+            if first_bad.item():
+                raise NonFiniteLossError(f"loss or gradient norm became non-finite (loss {bad_loss.item()}) in "
+                                         f"{plan.name}, epoch {epoch}, batch {first_bad.item()}; lower the "
+                                         f"learning rate or set 'grad_clip'")
+            if exp.progress:
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{seen / elapsed:.0f}")
     sync(device)
     seconds = time.perf_counter() - start
     return EpochResult(loss_sum.item() / seen, correct.item() / seen, seconds, seen)
