@@ -6,6 +6,9 @@ steps after a warm-up, with the training loop's own step function (:func:`slotli
 ``reference``  the reference code's data path: each tile a PIL image decoded from its JPEG, the
                training transforms on PIL (RandomResizedCrop to ``image_size``, flip, rotation 15,
                ColorJitter 0.2), a DataLoader with worker processes, fp32, NCHW, batch 32.
+``loader``     ``pipeline: loader``, slotlib's per-tile path before the fast one: the uint8 cache,
+               per-tile transforms in a DataLoader (``num_workers`` from the parameters), with
+               the fast path's precision and memory format (not timed unless asked for).
 ``fast``       ``pipeline: fast``: the uint8 tiles on the device, augmented there a batch at a
                time (slotlib.device_data); bf16 autocast and channels_last on CUDA; optionally
                ``torch.compile``.
@@ -35,6 +38,7 @@ import torch
 from .config import Config
 
 PIPELINES = ("reference", "fast")
+CHOICES = ("reference", "loader", "fast")
 
 
 class JpegTiles(torch.utils.data.Dataset):
@@ -141,6 +145,16 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
                                      batch_size=config.data.batch_size, mean=mean, std=std, seed=config.train.seed,
                                      device=device, channels_last=cuda, drop_last_train=True)["train"]
         source = "device"
+    elif pipeline == "loader":
+        from .data import make_loaders
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+            model = model.to(memory_format=torch.channels_last)
+        loader = make_loaders(ds, {"train": splits["train"]}, image_size=config.data.image_size,
+                              batch_size=config.data.batch_size, mean=mean, std=std,
+                              num_workers=config.data.num_workers, seed=config.train.seed,
+                              drop_last_train=True)["train"]
+        source = "cache"
     else:
         loader, source = reference_loader(ds, splits["train"], config, mean, std, workers, device)
     exp = Experiment(config, Path(tempfile.gettempdir()), ds, splits, {"train": loader}, model, device, mean, std,
@@ -178,8 +192,9 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
             "memory_kind": "cuda max allocated" if cuda else "process max RSS (cumulative)",
             "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
                 autocast_dtype(config.train.precision, device)],
-            "channels_last": cuda and pipeline == "fast", "compile": compile and pipeline == "fast",
-            "data_source": source, "workers": workers if pipeline == "reference" else 0,
+            "channels_last": cuda and pipeline != "reference", "compile": compile and pipeline == "fast",
+            "data_source": source,
+            "workers": workers if pipeline == "reference" else config.data.num_workers if pipeline == "loader" else 0,
             "finite": bool(finite)}
 
 

@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="train images/s of the reference data path against the fast one")
     p.add_argument("params", nargs="?", help="parameters file (default: the defaults, i.e. the reference model); "
                                              "a grid's first cell is used")
-    p.add_argument("--pipeline", nargs="+", choices=("reference", "fast"), default=["reference", "fast"],
-                   help="pipelines to time, in this order (default: both)")
+    p.add_argument("--pipeline", nargs="+", choices=("reference", "loader", "fast"), default=["reference", "fast"],
+                   help="pipelines to time, in this order (default: reference fast; 'loader' is the per-tile "
+                        "DataLoader path of 'pipeline: loader')")
     p.add_argument("--image-size", type=int, help="input size in pixels")
     p.add_argument("--batch-size", type=int, help="images per step")
     p.add_argument("--head", choices=("scouter", "slot", "linear"), help="classification head")

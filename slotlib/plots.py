@@ -88,6 +88,25 @@ def learning_curves(run_dir):
     return fig
 
 
+def compare_curves(runs: dict[str, str | Path]):
+    """Validation accuracy and training loss per epoch of several runs, one line each (label -> run folder).
+
+    For comparisons that should agree within seed noise, e.g. the fast and the per-tile data path.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for label, run_dir in runs.items():
+        h = read_history(run_dir)
+        line, = ax_acc.plot(h["step"], h["val_acc"], label=label)
+        ax_loss.plot(h["step"], h["train_loss"], color=line.get_color(), label=label)
+    ax_loss.set(xlabel="epoch (both stages)", ylabel="train loss")
+    ax_acc.set(xlabel="epoch (both stages)", ylabel="val accuracy")
+    ax_acc.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def confusion_matrix(metrics: dict, normalize: bool = True):
     """The test confusion matrix (rows: true class)."""
     import matplotlib.pyplot as plt

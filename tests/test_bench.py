@@ -14,13 +14,14 @@ def tiny(root, **overrides):
                                "hidden_dim": 32, "slot_iters": 2, "device": "cpu", **overrides})
 
 
-def test_bench_times_both_pipelines(tiny_root, isolated_cache):
-    result = benchmark.bench(tiny(tiny_root), steps=2, warmup=1, repeats=2, workers=0)
-    assert [r["pipeline"] for r in result["results"]] == ["reference", "fast"]
+def test_bench_times_every_pipeline(tiny_root, isolated_cache):
+    result = benchmark.bench(tiny(tiny_root), pipelines=("reference", "loader", "fast"), steps=2, warmup=1,
+                             repeats=2, workers=0)
+    assert [r["pipeline"] for r in result["results"]] == ["reference", "loader", "fast"]
     for r in result["results"]:
         assert r["images_per_second"] > 0 and len(r["runs"]) == 2 and r["finite"] and r["peak_memory_mb"] > 0
-    reference, fast = result["results"]
-    assert reference["data_source"] == "jpeg" and fast["data_source"] == "device"
+    reference, loader, fast = result["results"]
+    assert (reference["data_source"], loader["data_source"], fast["data_source"]) == ("jpeg", "cache", "device")
     assert reference["precision"] == "fp32"
     assert result["speedup"] == pytest.approx(fast["images_per_second"] / reference["images_per_second"])
     assert "fast / reference" in benchmark.format_bench(result)

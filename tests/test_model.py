@@ -163,3 +163,20 @@ def test_unreachable_hub_is_a_clear_error(monkeypatch):
 def test_unknown_backbone():
     with pytest.raises(ConfigError, match="backbone"):
         build(backbone="not_a_model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["scouter", "slot"])
+def test_compiled_model_matches_eager_forward_and_backward(head):
+    """`compile: true` works for both slot heads (minutes on CPU: inductor builds C++ kernels)."""
+    model = build(head=head, backbone="resnet10t", hidden_dim=32, slot_iters=2).eval()
+    x = torch.randn(2, 3, 64, 64)
+    eager_logits, eager_attn = model(x)
+    compiled = torch.compile(model)
+    logits, attn = compiled(x)
+    assert torch.allclose(logits, eager_logits, atol=1e-4) and torch.allclose(attn, eager_attn, atol=1e-4)
+    model.train()
+    logits, attn = compiled(x)                                          # training mode: a second graph
+    loss, _ = slot_classification_loss(logits, torch.tensor([0, 1]), attn, head=head, lambda_area=0.05)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.head.parameters())
