@@ -128,7 +128,7 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
     from .device_data import make_device_loaders
     from .model import SlotClassifier
     from .train import (Experiment, StagePlan, autocast_dtype, make_optimizer, resolve_device, set_stage,
-                        train_mode, train_step)
+                        train_mode, train_step, tune_for_device)
 
     device = resolve_device(config.train.device)
     cuda = device.type == "cuda"
@@ -136,20 +136,16 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision="fp32"))
     mean, std = normalization(config.model.backbone)
     torch.manual_seed(config.train.seed)
-    model = SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=False).to(device)
+    model = SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=False)
+    # the reference trains plain fp32 NCHW; the others as `slotlib train` does
+    model = model.to(device) if pipeline == "reference" else tune_for_device(model, device)
     if pipeline == "fast":
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-            model = model.to(memory_format=torch.channels_last)
         loader = make_device_loaders(ds, {"train": splits["train"]}, image_size=config.data.image_size,
                                      batch_size=config.data.batch_size, mean=mean, std=std, seed=config.train.seed,
                                      device=device, channels_last=cuda, drop_last_train=True)["train"]
         source = "device"
     elif pipeline == "loader":
         from .data import make_loaders
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-            model = model.to(memory_format=torch.channels_last)
         loader = make_loaders(ds, {"train": splits["train"]}, image_size=config.data.image_size,
                               batch_size=config.data.batch_size, mean=mean, std=std,
                               num_workers=config.data.num_workers, seed=config.train.seed,

@@ -221,17 +221,22 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
         loaders = eurosat.make_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
                                        std=std, augment=dc.augment, num_workers=dc.num_workers,
                                        seed=config.train.seed)
-    if cuda:
-        torch.backends.cudnn.benchmark = True           # fixed input size: let cuDNN pick its fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = True    # fp32 matmuls outside autocast
-        torch.backends.cudnn.allow_tf32 = True
     seed_everything(config.train.seed)
-    model = SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = tune_for_device(SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained), device)
     split_fp = json.dumps({k: v.tolist() for k, v in splits.items()})
     return Experiment(config, out_dir, ds, splits, loaders, model, device, mean, std,
                       hashlib.sha256(split_fp.encode()).hexdigest()[:16], progress)
+
+
+def tune_for_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on ``device``; on CUDA channels_last, with cuDNN autotuning and TF32 (training and bench)."""
+    model = model.to(device)
+    if device.type != "cuda":
+        return model
+    torch.backends.cudnn.benchmark = True           # fixed input size: let cuDNN pick its fastest kernels
+    torch.backends.cuda.matmul.allow_tf32 = True    # fp32 matmuls outside autocast
+    torch.backends.cudnn.allow_tf32 = True
+    return model.to(memory_format=torch.channels_last)
 
 
 def check_run_folder(config: Config, out_dir: Path) -> None:
