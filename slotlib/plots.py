@@ -88,20 +88,30 @@ def learning_curves(run_dir):
     return fig
 
 
-def compare_curves(runs: dict[str, str | Path]):
-    """Validation accuracy and training loss per epoch of several runs, one line each (label -> run folder).
+def compare_curves(runs: dict[str, str | Path], group=None):
+    """Validation accuracy and training loss per epoch of several runs (label -> run folder).
 
     For comparisons that should agree within seed noise, e.g. the fast and the per-tile data path.
+    ``group(label)`` names a run's group (default: the label up to its first ``_``); runs of one
+    group share a colour and differ in line style, so a gap between groups stands out from seed noise.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    group = group or (lambda label: label.split("_")[0])
+    colours, styles = {}, {}
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.4))
     for label, run_dir in runs.items():
+        g = group(label)
+        colour = colours.setdefault(g, f"C{len(colours)}")
+        k = styles[g] = styles.get(g, -1) + 1
+        style = dict(color=colour, linestyle=("-", "--", ":", "-.")[k % 4], label=label)
         h = read_history(run_dir)
-        line, = ax_acc.plot(h["step"], h["val_acc"], label=label)
-        ax_loss.plot(h["step"], h["train_loss"], color=line.get_color(), label=label)
-    ax_loss.set(xlabel="epoch (both stages)", ylabel="train loss")
-    ax_acc.set(xlabel="epoch (both stages)", ylabel="val accuracy")
+        ax_acc.plot(h["step"], h["val_acc"], **style)
+        ax_loss.plot(h["step"], h["train_loss"], **style)
+    for ax, ylabel in ((ax_loss, "train loss"), (ax_acc, "val accuracy")):
+        ax.set(xlabel="epoch (both stages)", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.legend(fontsize=8)
     fig.tight_layout()
     return fig

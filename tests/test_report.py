@@ -58,3 +58,16 @@ def test_report_renders_html_with_plots(grid_dir, capsys):
 
 def test_report_of_missing_folder_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
+
+
+def test_compare_curves_colours_by_group_and_styles_by_seed(grid_dir):
+    from slotlib.plots import compare_curves
+
+    runs = {"scouter_seed0": grid_dir / "scouter_seed0-aa", "scouter_seed1": grid_dir / "scouter_seed1-bb",
+            "linear_seed0": grid_dir / "linear_seed0-cc"}
+    fig = compare_curves(runs)
+    lines = {line.get_label(): line for line in fig.axes[1].get_lines()}
+    assert set(lines) == set(runs)
+    assert lines["scouter_seed0"].get_color() == lines["scouter_seed1"].get_color() != lines["linear_seed0"].get_color()
+    assert lines["scouter_seed0"].get_linestyle() != lines["scouter_seed1"].get_linestyle()
+    assert list(lines["linear_seed0"].get_ydata()) == pytest.approx([0.2, 0.4, 0.6, 0.8])
