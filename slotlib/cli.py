@@ -27,18 +27,23 @@ EXIT_BAD_INPUT = 2
 def load_with_overrides(params_path: str, overrides: dict | None):
     pf = load_params_file(params_path)
     if overrides:
-        pf = parse_params({"base": {**pf.base, **overrides}, "grid": pf.grid, "seeds": pf.seeds}, pf.path)
+        pf = parse_params({"base": {**pf.base, **overrides}, "grid": pf.grid, "seeds": pf.seeds,
+                           "notebook": pf.notebook}, pf.path)
     return pf
 
 
 def describe(params_path: str, overrides: dict | None = None) -> dict:
     """Resolved parameters and parameter counts of a params file; trains nothing, needs no data."""
-    from .model import count_parameters  # imports torch and timm: only for commands that need them
-
     pf = load_with_overrides(params_path, overrides)
+    # Imports torch (and timm for the classifier): only for commands that need them.
+    if pf.notebook == "object_discovery.ipynb":
+        from .discovery import count_parameters
+    else:
+        from .model import count_parameters
+
     cells = pf.cells()
     base = pf.base_config
-    out = {"params_file": pf.path, "params": base.to_params(), **count_parameters(base),
+    out = {"params_file": pf.path, "notebook": pf.notebook, "params": base.to_params(), **count_parameters(base),
            "cells": [c.id for c in cells]}
     if pf.grid or pf.seeds:
         out["n_params_by_cell"] = {c.id: count_parameters(c.config)["n_params"] for c in cells}
@@ -107,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", help="comma-separated GPU ids to pin cells to, e.g. 0,1 (jobs spread over them)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their parameter counts; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="also rerun cells that failed")
-    p.add_argument("--notebook", default=None, help="notebook to run per cell (default notebooks/train.ipynb)")
+    p.add_argument("--notebook", default=None,
+                   help="notebook to run per cell (default: the params file's 'notebook', else notebooks/train.ipynb)")
     p = sub.add_parser("status", help="one line per cell of a grid folder")
     p.add_argument("dir", help="grid folder")
     p = sub.add_parser("report", help="execute notebooks/analysis.ipynb on a grid folder; write DIR/report.html")
@@ -151,10 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({k: metrics.get(k) for k in ("status", "best_val_acc", "best_stage", "best_epoch",
                                                           "test_acc", "wall_seconds")}))
         elif args.command == "grid":
-            from .grid import TRAIN_NOTEBOOK, run_grid
+            from .grid import run_grid
             devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
             final = run_grid(args.params, args.out, jobs=args.jobs, devices=devices, retry_failed=args.retry_failed,
-                             dry_run=args.dry_run, notebook=args.notebook or TRAIN_NOTEBOOK)
+                             dry_run=args.dry_run, notebook=args.notebook)
             failed = [k for k, v in final.items() if v == "failed"]
             if not args.dry_run:
                 print(f"{sum(v == 'done' for v in final.values())}/{len(final)} cells done"

@@ -4,11 +4,15 @@ Every parameter has one flat name (the names a papermill ``parameters`` cell use
 ``DESIGN.md``), a default, a type and a one-line help text. They are grouped into one frozen
 dataclass per concern (data, model, train); :class:`Config` holds the three.
 
-A parameters file has three keys::
+A parameters file has these keys::
 
     base:  {name: value, ...}        # overrides of the defaults, shared by every cell
     grid:  {name: [v1, v2], ...}     # Cartesian product: one cell per combination
     seeds: [0, 1, 2]                 # optional: every cell repeated with these seeds
+    notebook: object_discovery.ipynb # optional: the notebook a grid runs (default train.ipynb)
+
+The notebook decides the parameter set: :class:`Config` for train.ipynb (the classifier),
+:class:`DiscoveryConfig` for object_discovery.ipynb (the slot-attention autoencoder).
 
 Everything is validated before anything runs: unknown names, wrong types, empty lists and
 impossible values raise :class:`ConfigError` with one sentence naming the key.
@@ -201,8 +205,104 @@ class Config:
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _did_you_mean(name: str) -> str:
-    close = difflib.get_close_matches(name, FIELDS, n=1)
+# --------------------------------------------------------------------------- object discovery
+
+DISCOVERY_SIZES = (32, 64)
+DISCOVERY_BACKGROUNDS = ("grey", "black")
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """The slot-attention autoencoder on synthetic scenes (notebooks/object_discovery.ipynb): one concern, one class."""
+
+    # scenes (slotlib.scenes)
+    image_size: int = _p(32, "scene size in pixels: 32 or 64")
+    background: str = _p("grey", "'grey' (slightly noisy grey) or 'black' (plain; shows the collapse to the background)")
+    scene_seed: int = _p(0, "seed of the scene dataset; training, validation and test scenes are disjoint index ranges")
+    train_scenes: int = _p(20000, "training scenes, cycled through in a fresh order every pass")
+    val_scenes: int = _p(200, "validation scenes for FG-ARI during training")
+    test_scenes: int = _p(500, "held-out test scenes for the final FG-ARI and MSE")
+    # model (slotlib.discovery.SlotAutoEncoder)
+    num_slots: int = _p(6, "slots: at least the most objects in a scene (5) plus one for the background")
+    slot_dim: int = _p(64, "slot and token dimension D")
+    mlp_hidden: int = _p(128, "hidden width of the slot-attention MLP")
+    slot_iters: int = _p(3, "slot-attention iterations")
+    slot_init: str = _p("per_slot", "initial slots: 'per_slot' (a learned Gaussian per slot, BO-QSA) or 'shared' "
+                        "(one Gaussian, the paper's); fresh samples every pass either way")
+    bilevel: bool = _p(True, "backpropagate through the last slot iteration only, straight through to the "
+                       "initial slots (BO-QSA); false: through every iteration, as in the paper")
+    enc_channels: int = _p(32, "channels of the 4 encoder convs (5x5)")
+    enc_stride: int = _p(2, "stride of the first encoder conv: 1 attends over every pixel, 2 over a 4x smaller grid")
+    enc_kernel: int = _p(5, "kernel size of the encoder convs (odd); small keeps tokens close to their pixel colour")
+    dec_channels: int = _p(16, "channels of the spatial-broadcast decoder")
+    dec_broadcast: int = _p(8, "grid the decoder broadcasts each slot on; stride-2 transposed convs reach the image size")
+    # training
+    batch_size: int = _p(32, "scenes per optimiser step")
+    steps: int = _p(5500, "optimiser steps")
+    lr: float = _p(1e-3, "Adam peak learning rate")
+    warmup_steps: int = _p(300, "linear learning-rate warm-up from 0 to lr")
+    decay_steps: int = _p(5000, "the learning rate halves every decay_steps (exponential decay, as in the paper)")
+    grad_clip: float | None = _p(1.0, "clip the gradient norm to this; null turns clipping off")
+    eval_every: int = _p(500, "steps between FG-ARI evaluations on the validation scenes; 0 only at the end")
+    black_steps: int = _p(0, "notebook comparison: also train the same model this many steps on black scenes; 0 skips")
+    seed: int = _p(0, "seed of the model initialisation, slot sampling and batch order")
+    device: str = _p("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    num_threads: int = _p(0, "torch CPU threads; 0 keeps torch's default")
+
+    def __post_init__(self) -> None:
+        _require(self.image_size in DISCOVERY_SIZES, "image_size", self.image_size,
+                 f"one of {', '.join(map(str, DISCOVERY_SIZES))} for object discovery")
+        _require(self.background in DISCOVERY_BACKGROUNDS, "background", self.background,
+                 f"one of {', '.join(DISCOVERY_BACKGROUNDS)}")
+        for key in ("train_scenes", "test_scenes", "num_slots", "slot_dim", "mlp_hidden", "slot_iters",
+                    "enc_channels", "dec_channels", "batch_size", "steps", "decay_steps"):
+            _require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
+        for key in ("val_scenes", "warmup_steps", "eval_every", "black_steps", "num_threads"):
+            _require(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
+        _require(self.slot_init in ("per_slot", "shared"), "slot_init", self.slot_init, "'per_slot' or 'shared'")
+        _require(self.enc_stride in (1, 2), "enc_stride", self.enc_stride, "1 or 2")
+        _require(self.enc_kernel in (1, 3, 5, 7), "enc_kernel", self.enc_kernel, "1, 3, 5 or 7")
+        sides = [self.image_size >> k for k in range(6) if self.image_size >> k >= 4]
+        _require(self.dec_broadcast in sides, "dec_broadcast", self.dec_broadcast,
+                 f"the image size divided by a power of two, one of {', '.join(map(str, sides))}")
+        _require(self.lr > 0, "lr", self.lr, "a number > 0")
+        _require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "null or a number > 0")
+        _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None, "device", self.device,
+                 "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
+
+    @classmethod
+    def fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None = None, *, where: str = "") -> "DiscoveryConfig":
+        """Validate flat ``params`` (overrides of the defaults) into a DiscoveryConfig."""
+        params, names = dict(params or {}), cls.fields()
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown parameter '{unknown[0]}'{_where(where)}{_did_you_mean(unknown[0], names)}; "
+                              f"valid names: {', '.join(names)}")
+        hints = _hints(cls)
+        values = {n: _coerce(n, params.get(n, f.default), hints[n], where) for n, f in names.items()}
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            raise ConfigError(f"{err}{_where(where)}" if where else str(err)) from None
+
+    def to_params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short hash of every parameter that changes what is computed (not the CPU thread count)."""
+        params = {k: v for k, v in self.to_params().items() if k not in DISCOVERY_LOCAL_ONLY}
+        return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+
+
+DISCOVERY_LOCAL_ONLY = ("num_threads",)
+
+
+def _did_you_mean(name: str, names: Any = None) -> str:
+    close = difflib.get_close_matches(name, names if names is not None else FIELDS, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -273,8 +373,17 @@ def _bad_type(name: str, value: Any, hint: Any, where: str) -> typing.NoReturn:
 ALIASES = {"head": "", "lambda_area": "lam", "slot_iters": "it", "dropout": "do", "slots_per_class": "spc",
            "hidden_dim": "hd", "image_size": "px", "backbone": "bb", "drop_path": "dp",
            "stage1_lr": "lr1", "stage2_lr": "lr2", "stage1_epochs": "ep1", "stage2_epochs": "ep2",
-           "per_class_limit": "pcl", "label_smoothing": "ls", "weight_decay": "wd", "batch_size": "bs"}
-TOP_KEYS = ("base", "grid", "seeds")
+           "per_class_limit": "pcl", "label_smoothing": "ls", "weight_decay": "wd", "batch_size": "bs",
+           "background": "bg", "num_slots": "slots"}
+TOP_KEYS = ("base", "grid", "seeds", "notebook")
+# Notebooks a grid can run, by file name in notebooks/, and the parameters each one takes.
+NOTEBOOK_CONFIGS: dict[str, type] = {"train.ipynb": Config, "object_discovery.ipynb": DiscoveryConfig}
+DEFAULT_NOTEBOOK = "train.ipynb"
+
+
+def config_names(config_cls: type) -> dict[str, Any]:
+    """The parameter names a config class takes (flat, in declaration order)."""
+    return dict(FIELDS) if config_cls is Config else config_cls.fields()
 
 
 @dataclass(frozen=True)
@@ -283,7 +392,7 @@ class Cell:
 
     id: str
     axes: dict[str, Any]
-    config: Config
+    config: Config | DiscoveryConfig
 
 
 @dataclass(frozen=True)
@@ -292,10 +401,15 @@ class ParamsFile:
     base: dict[str, Any]
     grid: dict[str, list]
     seeds: list[int] | None
+    notebook: str = DEFAULT_NOTEBOOK   # file name in notebooks/; it decides which parameters are valid
 
     @property
-    def base_config(self) -> Config:
-        return Config.from_params(self.base, where=f"{self.path} base")
+    def config_cls(self) -> type:
+        return NOTEBOOK_CONFIGS[self.notebook]
+
+    @property
+    def base_config(self) -> Config | DiscoveryConfig:
+        return self.config_cls.from_params(self.base, where=f"{self.path} base")
 
     def cells(self) -> list[Cell]:
         """The Cartesian product of the grid (times the seeds), in file order."""
@@ -307,7 +421,7 @@ class ParamsFile:
                 axes = dict(zip(names, combo))
                 if seed is not None:
                     axes["seed"] = seed
-                cfg = Config.from_params({**self.base, **axes}, where=f"{self.path} grid cell {axes}")
+                cfg = self.config_cls.from_params({**self.base, **axes}, where=f"{self.path} grid cell {axes}")
                 cells.append(Cell(id=cell_id(axes, cfg), axes=axes, config=cfg))
         ids = [c.id for c in cells]
         dup = next((i for i in ids if ids.count(i) > 1), None)
@@ -316,7 +430,7 @@ class ParamsFile:
         return cells
 
 
-def cell_id(axes: Mapping[str, Any], cfg: Config) -> str:
+def cell_id(axes: Mapping[str, Any], cfg: Config | DiscoveryConfig) -> str:
     """Readable and deterministic: the grid values, then a hash of every resolved parameter.
 
     Only letters, digits, '.', '_' and '-' so ids are safe folder names everywhere.
@@ -363,14 +477,19 @@ def parse_params(raw: Any, path: str = "<params>") -> ParamsFile:
     base = raw.get("base") or {}
     grid = raw.get("grid") or {}
     seeds = raw.get("seeds")
+    notebook = raw.get("notebook", DEFAULT_NOTEBOOK)
+    if notebook not in NOTEBOOK_CONFIGS:
+        raise ConfigError(f"'notebook' in {path} must be one of {', '.join(NOTEBOOK_CONFIGS)} (a file in notebooks/), "
+                          f"got {notebook!r}")
+    names = config_names(NOTEBOOK_CONFIGS[notebook])
     if not isinstance(base, dict):
         raise ConfigError(f"'base' in {path} must be a mapping of parameter names to values")
     if not isinstance(grid, dict):
         raise ConfigError(f"'grid' in {path} must be a mapping of parameter names to lists of values")
     for name, values in grid.items():
-        if name not in FIELDS:
-            raise ConfigError(f"unknown parameter '{name}' in {path} grid{_did_you_mean(name)}; "
-                              f"valid names: {', '.join(FIELDS)}")
+        if name not in names:
+            raise ConfigError(f"unknown parameter '{name}' in {path} grid{_did_you_mean(name, names)}; "
+                              f"valid names: {', '.join(names)}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid axis '{name}' in {path} must be a non-empty list of values, got {values!r}")
         if name == "seed":
@@ -381,7 +500,8 @@ def parse_params(raw: Any, path: str = "<params>") -> ParamsFile:
             raise ConfigError(f"'seeds' in {path} must be a non-empty list of integers, got {seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"'seeds' in {path} lists a seed twice: {seeds!r}")
-    pf = ParamsFile(path=path, base=dict(base), grid={k: list(v) for k, v in grid.items()}, seeds=seeds)
+    pf = ParamsFile(path=path, base=dict(base), grid={k: list(v) for k, v in grid.items()}, seeds=seeds,
+                    notebook=notebook)
     pf.base_config  # validates the base alone, so its errors name the base
     pf.cells()
     return pf
@@ -404,18 +524,20 @@ NOTEBOOK_EXTRAS = ("out_dir",)
 _IPYTHON_NAMES = {"In", "Out"}
 
 
-def from_namespace(namespace: Mapping[str, Any], extras: tuple[str, ...] = NOTEBOOK_EXTRAS
-                   ) -> tuple[Config, dict[str, Any]]:
-    """A notebook's globals after its ``parameters`` cell (and papermill's injected cell) -> Config.
+def from_namespace(namespace: Mapping[str, Any], extras: tuple[str, ...] = NOTEBOOK_EXTRAS,
+                   config_cls: type = Config) -> tuple[Any, dict[str, Any]]:
+    """A notebook's globals after its ``parameters`` cell (and papermill's injected cell) -> config.
 
-    Every plain value in the namespace must be a parameter name or one of ``extras``: a name
-    papermill injects that nothing reads (a typo such as ``slot_iter``) is rejected.
+    Every plain value in the namespace must be a parameter name of ``config_cls`` (:class:`Config`
+    for train.ipynb, :class:`DiscoveryConfig` for object_discovery.ipynb) or one of ``extras``:
+    a name papermill injects that nothing reads (a typo such as ``slot_iter``) is rejected.
     """
+    names = config_names(config_cls)
     values = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in _IPYTHON_NAMES
               and not callable(v) and not isinstance(v, types.ModuleType)}
-    unknown = sorted(set(values) - set(FIELDS) - set(extras))
+    unknown = sorted(set(values) - set(names) - set(extras))
     if unknown:
-        raise ConfigError(f"unknown parameter '{unknown[0]}' in the notebook{_did_you_mean(unknown[0])}; "
-                          f"valid names: {', '.join([*FIELDS, *extras])}")
-    config = Config.from_params({k: v for k, v in values.items() if k in FIELDS})
+        raise ConfigError(f"unknown parameter '{unknown[0]}' in the notebook{_did_you_mean(unknown[0], names)}; "
+                          f"valid names: {', '.join([*names, *extras])}")
+    config = config_cls.from_params({k: v for k, v in values.items() if k in names})
     return config, {k: values[k] for k in extras if k in values}

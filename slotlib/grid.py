@@ -1,7 +1,8 @@
 """Grids: a params file -> cells -> one papermill run of a notebook per cell.
 
 Each cell runs in its own child process (``python -m slotlib.grid _cell``), which executes the
-notebook with papermill into ``OUT/<cell id>/train.ipynb`` and writes its output to
+notebook with papermill into ``OUT/<cell id>/<notebook name>`` (``train.ipynb`` unless the params
+file names another notebook, e.g. ``notebook: object_discovery.ipynb``) and writes its output to
 ``OUT/<cell id>/log.txt``. Cells already ``done`` are skipped; a cell left ``running`` by a killed
 grid resumes from its ``last.pt``; a failed cell is recorded with its error and the grid carries
 on (``retry_failed`` reruns only those).
@@ -33,7 +34,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import Cell, ConfigError, load_params_file
+from .config import Cell, ConfigError, DiscoveryConfig, load_params_file
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
@@ -80,7 +81,7 @@ def cell_status(cell_dir: Path) -> str:
 
 def record_failure(cell: Cell, cell_dir: Path, error: str) -> None:
     """Mark a cell failed when its notebook died without saying so itself (kernel died, bad data...)."""
-    from .train import write_json
+    from .runfiles import write_json
 
     metrics = read_metrics(cell_dir) or {"cell_id": cell.id, "params": cell.config.to_params()}
     if metrics.get("status") == "failed" and metrics.get("error"):
@@ -141,22 +142,40 @@ def device_slots(devices: list[str] | None, jobs: int) -> list[str | None]:
     return [d for d in devices for _ in range(per_device)][:max(jobs, len(devices))]
 
 
+def count_cell_parameters(cell: Cell) -> int:
+    """Parameters of the model a cell trains: the classifier, or the object-discovery autoencoder."""
+    if isinstance(cell.config, DiscoveryConfig):
+        from .discovery import count_parameters
+    else:
+        from .model import count_parameters
+    return count_parameters(cell.config)["n_params"]
+
+
+def done_detail(metrics: dict[str, Any]) -> str:
+    """The headline numbers of a finished cell, for the grid's progress lines."""
+    if metrics.get("kind") == "discovery":
+        return f"fg-ari {metrics.get('fg_ari', float('nan')):.4f} mse {metrics.get('test_mse', float('nan')):.5f}"
+    return f"val {metrics.get('best_val_acc'):.4f} test {metrics.get('test_acc'):.4f}"
+
+
 def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, jobs: int = 1,
              devices: list[str] | None = None, retry_failed: bool = False, dry_run: bool = False,
-             notebook: str | os.PathLike = TRAIN_NOTEBOOK, echo: Callable[[str], Any] = print) -> dict[str, str]:
-    """Run every cell not yet done; returns cell id -> final status."""
+             notebook: str | os.PathLike | None = None, echo: Callable[[str], Any] = print) -> dict[str, str]:
+    """Run every cell not yet done; returns cell id -> final status.
+
+    ``notebook`` defaults to the one the params file names (``notebook:``, in notebooks/), else train.ipynb.
+    """
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     pf = load_params_file(params_path)
     cells = pf.cells()
     out_root = Path(out_root)
-    notebook = Path(notebook)
+    notebook = Path(notebook) if notebook is not None else NOTEBOOKS / pf.notebook
     if not notebook.exists():
         raise ConfigError(f"notebook {notebook} does not exist")
     if dry_run:
-        from .model import count_parameters
         for cell in cells:
-            echo(f"{cell.id}  {cell_status(out_root / cell.id):8s}  n_params={count_parameters(cell.config)['n_params']:,}")
+            echo(f"{cell.id}  {cell_status(out_root / cell.id):8s}  n_params={count_cell_parameters(cell):,}")
         return {c.id: cell_status(out_root / c.id) for c in cells}
 
     out_root.mkdir(parents=True, exist_ok=True)
@@ -190,8 +209,7 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
                                                      f"{last_error_line(cell_dir / CELL_LOG)}")
                 status = cell_status(cell_dir)
                 metrics = read_metrics(cell_dir) or {}
-                detail = (f"val {metrics.get('best_val_acc'):.4f} test {metrics.get('test_acc'):.4f}"
-                          if status == "done" else metrics.get("error") or "")
+                detail = done_detail(metrics) if status == "done" else metrics.get("error") or ""
                 echo(f"{status:5s} {r.cell.id}  {detail}")
     except KeyboardInterrupt:
         echo("interrupted: stopping running cells; rerun the same command to resume them")
@@ -207,17 +225,27 @@ def status_rows(out_root: str | os.PathLike) -> list[dict[str, Any]]:
     """One row per cell folder (and per pending cell of the grid's params file, when known)."""
     out_root = Path(out_root)
     ids: list[str] = []
+    planned_steps: dict[str, int] = {}   # object-discovery cells of the grid, known before they start
     if (out_root / GRID_COPY).exists():
-        ids = [c.id for c in load_params_file(out_root / GRID_COPY).cells()]
+        cells = load_params_file(out_root / GRID_COPY).cells()
+        ids = [c.id for c in cells]
+        planned_steps = {c.id: c.config.steps for c in cells if isinstance(c.config, DiscoveryConfig)}
     ids += sorted(p.name for p in out_root.iterdir() if p.is_dir() and p.name not in ids
                   and ((p / "params.yaml").exists() or (p / "metrics.json").exists()))
     rows = []
     for cell_id in ids:
         metrics = read_metrics(out_root / cell_id) or {}
-        planned = None
+        planned, p = planned_steps.get(cell_id), {}
         if (out_root / cell_id / "params.yaml").exists():
             p = yaml.safe_load((out_root / cell_id / "params.yaml").read_text()) or {}
-            planned = p.get("stage1_epochs", 0) + p.get("stage2_epochs", 0)
+            planned = p["steps"] if "steps" in p else p.get("stage1_epochs", 0) + p.get("stage2_epochs", 0)
+        if metrics.get("kind") == "discovery" or "steps" in p or cell_id in planned_steps:
+            # Object discovery: progress in steps; validation and test FG-ARI in the accuracy columns.
+            rows.append({"id": cell_id, "status": metrics.get("status", "pending"), "kind": "discovery",
+                         "epochs": metrics.get("steps_done"), "planned": planned,
+                         "best_val_acc": metrics.get("val_fg_ari"), "test_acc": metrics.get("fg_ari"),
+                         "error": metrics.get("error")})
+            continue
         rows.append({"id": cell_id, "status": metrics.get("status", "pending"), "epochs": metrics.get("epochs_done"),
                      "planned": planned, "best_val_acc": metrics.get("best_val_acc"),
                      "test_acc": metrics.get("test_acc"), "error": metrics.get("error")})
@@ -225,13 +253,19 @@ def status_rows(out_root: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def format_status(rows: list[dict[str, Any]]) -> str:
+    """One line per cell; a grid of object-discovery cells shows steps and FG-ARI (val, test) instead."""
     def pct(v):
         return f"{100 * v:6.2f}%" if isinstance(v, (int, float)) else "      -"
     width = max([len(r["id"]) for r in rows] + [4])
-    lines = [f"{'cell':{width}s}  status   epochs  best val     test"]
+    discovery = bool(rows) and all(r.get("kind") == "discovery" for r in rows)
+    lines = [f"{'cell':{width}s}  status   " + ("   steps  val fg-ari  fg-ari" if discovery else
+                                                  "epochs  best val     test")]
     for r in rows:
         epochs = f"{r['epochs'] or 0}/{r['planned'] or '?'}"
-        line = f"{r['id']:{width}s}  {r['status']:7s}  {epochs:>6s}  {pct(r['best_val_acc'])}  {pct(r['test_acc'])}"
+        if discovery:
+            line = f"{r['id']:{width}s}  {r['status']:7s}  {epochs:>11s}  {pct(r['best_val_acc']):>9s}  {pct(r['test_acc'])}"
+        else:
+            line = f"{r['id']:{width}s}  {r['status']:7s}  {epochs:>6s}  {pct(r['best_val_acc'])}  {pct(r['test_acc'])}"
         if r["status"] == "failed" and r["error"]:
             line += f"  {r['error'][:120]}"
         lines.append(line)
@@ -245,7 +279,7 @@ def _run_cell_main(notebook: str, cell_dir: str, params_json: str) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
     parameters = {**json.loads(params_json), "out_dir": str(Path(cell_dir).resolve())}
     try:
-        execute_notebook(notebook, Path(cell_dir) / "train.ipynb", parameters, log_output=True)
+        execute_notebook(notebook, Path(cell_dir) / Path(notebook).name, parameters, log_output=True)
     except Exception as err:  # papermill's error for a failing cell, or a dead kernel: report and exit 1
         print(f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}", flush=True)
         return 1

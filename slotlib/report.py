@@ -152,6 +152,6 @@ def render(runs_dir: str | os.PathLike) -> Path:
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     out = runs_dir / "report.html"
-    from .train import write_atomic
+    from .runfiles import write_atomic
     write_atomic(out, body)
     return out

@@ -40,51 +40,13 @@ from .config import LOCAL_ONLY, Config, ConfigError
 from .grid import read_metrics
 from .losses import NonFiniteLossError, slot_classification_loss
 from .model import SlotClassifier
+from .runfiles import _UMASK, resolve_device, save_torch_atomic, write_atomic, write_json  # noqa: F401 (re-exported)
 
 HISTORY_COLUMNS = ("stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
                    "images_per_second")
 
 
 # --------------------------------------------------------------------------- files, atomically
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a plain write would honour the umask
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def save_torch_atomic(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, buffer.getvalue())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
 
 def write_history(path: Path, rows: list[dict]) -> None:
     out = io.StringIO()
@@ -127,18 +89,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:
     """A distinct, reproducible seed for each (run seed, stage, epoch)."""
     return (seed * 1_000_003 + stage * 10_007 + epoch) % 2**31
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"parameter 'device' is {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
