@@ -147,6 +147,11 @@ def render(runs_dir: str | os.PathLike) -> Path:
     from nbconvert import HTMLExporter
 
     runs_dir = Path(runs_dir).resolve()
+    kinds = {json.loads(p.read_text()).get("kind") for p in runs_dir.glob("*/metrics.json")}
+    if kinds == {"discovery"}:
+        from .config import ConfigError
+        raise ConfigError(f"{runs_dir} holds object-discovery cells, and the report covers classifier grids only; "
+                          f"use 'slotlib status {runs_dir}' and each cell's executed object_discovery.ipynb")
     executed = runs_dir / "analysis.ipynb"
     execute_notebook(ANALYSIS_NOTEBOOK, executed, {"runs_dir": str(runs_dir)})
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)

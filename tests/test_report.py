@@ -71,3 +71,12 @@ def test_compare_curves_colours_by_group_and_styles_by_seed(grid_dir):
     assert lines["scouter_seed0"].get_color() == lines["scouter_seed1"].get_color() != lines["linear_seed0"].get_color()
     assert lines["scouter_seed0"].get_linestyle() != lines["scouter_seed1"].get_linestyle()
     assert list(lines["linear_seed0"].get_ydata()) == pytest.approx([0.2, 0.4, 0.6, 0.8])
+
+
+def test_report_refuses_object_discovery_folders_in_one_sentence(tmp_path, capsys):
+    cell = tmp_path / "base-aa"
+    cell.mkdir()
+    (cell / "metrics.json").write_text(json.dumps({"status": "done", "kind": "discovery", "fg_ari": 0.8}))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "object-discovery cells" in err and "slotlib status" in err and not (tmp_path / "report.html").exists()
