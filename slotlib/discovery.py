@@ -43,7 +43,7 @@ from torch import nn
 
 from .grid import read_metrics
 from .losses import NonFiniteLossError
-from .runfiles import resolve_device, write_atomic, write_json
+from .runfiles import resolve_device, write_atomic, write_csv, write_json
 from .scenes import Scenes, make_scenes
 from .slot_attention import GaussianSlots, SlotAttention
 
@@ -292,11 +292,7 @@ LOG_EVERY = 50   # steps per history row (the loss curve); validation columns on
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, out.getvalue())
+    write_csv(path, rows, HISTORY_COLUMNS)
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:

@@ -4,6 +4,7 @@ and the device a run asks for."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -45,6 +46,15 @@ def save_torch_atomic(obj: Any, path: Path) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    """A history table, rewritten whole (atomically) each time a row is added."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, out.getvalue())
 
 
 def _json_default(value: Any) -> Any:

@@ -16,15 +16,12 @@ this process; a resumed run therefore repeats an uninterrupted one exactly (on C
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import os
 import platform
 import random
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,20 +37,16 @@ from .config import LOCAL_ONLY, Config, ConfigError
 from .grid import read_metrics
 from .losses import NonFiniteLossError, slot_classification_loss
 from .model import SlotClassifier
-from .runfiles import _UMASK, resolve_device, save_torch_atomic, write_atomic, write_json  # noqa: F401 (re-exported)
+from .runfiles import _UMASK, resolve_device, save_torch_atomic, write_atomic, write_csv, write_json  # noqa: F401 (re-exported)
 
 HISTORY_COLUMNS = ("stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
                    "images_per_second")
 
 
-# --------------------------------------------------------------------------- files, atomically
+# --------------------------------------------------------------------------- run files
 
 def write_history(path: Path, rows: list[dict]) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, out.getvalue())
+    write_csv(path, rows, HISTORY_COLUMNS)
 
 
 @contextlib.contextmanager
