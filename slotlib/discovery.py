@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import math
 import os
 import random
@@ -43,7 +42,7 @@ from torch import nn
 
 from .grid import read_metrics
 from .losses import NonFiniteLossError
-from .runfiles import resolve_device, write_atomic, write_csv, write_json
+from .runfiles import resolve_device, save_torch_atomic, write_atomic, write_csv, write_json
 from .scenes import Scenes, make_scenes
 from .slot_attention import GaussianSlots, SlotAttention
 
@@ -406,9 +405,7 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
         if bar is not None:
             bar.close()
         test = evaluate(model, splits.test, device, seed=1)
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        write_atomic(out / "model.pt", buffer.getvalue())
+        save_torch_atomic(model.state_dict(), out / "model.pt")
         # With a black comparison to come, the cell is done only when that is (fit_black marks it).
         metrics.update(status="running" if cfg.black_steps else "done", trained=True,
                        steps_done=cfg.steps, train_seconds=round(train_seconds, 1),
