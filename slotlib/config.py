@@ -226,7 +226,9 @@ class DiscoveryConfig:
     num_slots: int = _p(6, "slots: at least the most objects in a scene (5) plus one for the background")
     slot_dim: int = _p(64, "slot and token dimension D")
     mlp_hidden: int = _p(128, "hidden width of the slot-attention MLP")
-    slot_iters: int = _p(3, "slot-attention iterations")
+    slot_iters: int = _p(3, "slot-attention iterations in training")
+    eval_iters: int = _p(0, "slot-attention iterations for validation, test and figures; 0: slot_iters. With "
+                         "bilevel the iteration is trained as a fixed point, so more iterations refine the masks")
     slot_init: str = _p("per_slot", "initial slots: 'per_slot' (a learned Gaussian per slot, BO-QSA) or 'shared' "
                         "(one Gaussian, the paper's); fresh samples every pass either way")
     bilevel: bool = _p(True, "backpropagate through the last slot iteration only, straight through to the "
@@ -257,7 +259,7 @@ class DiscoveryConfig:
         for key in ("train_scenes", "test_scenes", "num_slots", "slot_dim", "mlp_hidden", "slot_iters",
                     "enc_channels", "dec_channels", "batch_size", "steps", "decay_steps"):
             _require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
-        for key in ("val_scenes", "warmup_steps", "eval_every", "black_steps", "num_threads"):
+        for key in ("val_scenes", "warmup_steps", "eval_every", "black_steps", "num_threads", "eval_iters"):
             _require(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
         _require(self.slot_init in ("per_slot", "shared"), "slot_init", self.slot_init, "'per_slot' or 'shared'")
         _require(self.enc_stride in (1, 2), "enc_stride", self.enc_stride, "1 or 2")

@@ -146,8 +146,10 @@ class SlotAutoEncoder(nn.Module):
 
     def __init__(self, image_size: int = 32, num_slots: int = 6, slot_dim: int = 64, slot_iters: int = 3,
                  mlp_hidden: int = 128, enc_channels: int = 32, enc_stride: int = 2, dec_channels: int = 16,
-                 dec_broadcast: int = 8, enc_kernel: int = 5, slot_init: str = "shared", bilevel: bool = False) -> None:
+                 dec_broadcast: int = 8, enc_kernel: int = 5, slot_init: str = "shared", bilevel: bool = False,
+                 eval_iters: int = 0) -> None:
         super().__init__()
+        self.eval_iters = eval_iters                                    # 0: as many as in training
         self.encoder = Encoder(image_size, enc_channels, slot_dim, enc_stride, enc_kernel)
         # Fresh samples every forward pass, in evaluation too: from one shared Gaussian (the paper's
         # exchangeable slots) or from one learned Gaussian per slot (BO-QSA's learned queries, plus noise).
@@ -158,11 +160,14 @@ class SlotAutoEncoder(nn.Module):
     @classmethod
     def from_config(cls, cfg: "DiscoveryConfig") -> "SlotAutoEncoder":
         return cls(cfg.image_size, cfg.num_slots, cfg.slot_dim, cfg.slot_iters, cfg.mlp_hidden, cfg.enc_channels,
-                   cfg.enc_stride, cfg.dec_channels, cfg.dec_broadcast, cfg.enc_kernel, cfg.slot_init, cfg.bilevel)
+                   cfg.enc_stride, cfg.dec_channels, cfg.dec_broadcast, cfg.enc_kernel, cfg.slot_init, cfg.bilevel,
+                   cfg.eval_iters)
 
     def forward(self, image: torch.Tensor) -> Output:
+        """In eval mode slot attention runs ``eval_iters`` iterations (when set), in train mode ``slot_iters``."""
         tokens = self.encoder(image)                                    # [B,N,D]
-        slots, attn = self.attention(tokens, self.init(image.shape[0]))  # [B,S,D], [B,S,N]
+        iters = None if self.training else self.eval_iters or None
+        slots, attn = self.attention(tokens, self.init(image.shape[0]), iters)  # [B,S,D], [B,S,N]
         rgb, alpha = self.decoder(slots)                                # [B,S,3,H,W], [B,S,1,H,W]
         recon, masks = compose(rgb, alpha)                              # [B,3,H,W], [B,S,1,H,W]
         return Output(recon=recon, rgb=rgb, masks=masks, slots=slots, attn=attn)

@@ -97,13 +97,16 @@ class SlotAttention(nn.Module):
         hidden = mlp_hidden or 2 * dim
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
-    def forward(self, inputs: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: torch.Tensor, slots: torch.Tensor,
+                iters: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``iters`` overrides the module's iteration count for this call (e.g. more at test time)."""
         b, n, d = inputs.shape
+        iters = iters or self.iters
         inputs = self.norm_inputs(inputs)                               # [B,N,D]
         k, v = self.to_k(inputs), self.to_v(inputs)                     # [B,N,D] each
         init = slots                                                    # [B,S,D]
-        for i in range(self.iters):
-            if self.bilevel and i == self.iters - 1:
+        for i in range(iters):
+            if self.bilevel and i == iters - 1:
                 slots = slots.detach() + init - init.detach()          # [B,S,D] same values, gradient to init only
             slots_prev = slots                                          # [B,S,D]
             q = self.to_q(self.norm_slots(slots))                       # [B,S,D]

@@ -94,6 +94,31 @@ def test_bilevel_changes_gradients_not_values():
     assert torch.allclose(grads["bilevel"][2], s.grad, atol=1e-6)
 
 
+def test_eval_iters_apply_in_eval_mode_only():
+    """eval_iters=5 on a model trained with 2: eval mode continues the same iteration 3 more times,
+    train mode is unchanged, and 0 means 'as in training'."""
+    torch.manual_seed(0)
+    model = SlotAutoEncoder(32, eval_iters=5, **TINY)
+    plain = SlotAutoEncoder(32, **TINY)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+
+    def run(m, train, iters=None):
+        """The model's slots, and slot attention run ``iters`` times by hand; the same slot samples for both."""
+        m.train(train)
+        with torch.no_grad():
+            torch.manual_seed(1)
+            slots = m(x).slots
+            torch.manual_seed(1)
+            return slots, m.attention(m.encoder(x), m.init(2), iters)[0] if iters else None
+
+    assert torch.allclose(run(model, True)[0], run(plain, True)[0])             # training: slot_iters
+    assert torch.allclose(run(plain, False)[0], run(plain, True)[0])            # 0: eval as in training
+    evaluated, by_hand = run(model, False, iters=5)
+    assert torch.allclose(evaluated, by_hand, atol=1e-6)                         # eval: 5 iterations
+    assert not torch.allclose(evaluated, run(plain, False)[0])
+
+
 # --------------------------------------------------------------------------- FG-ARI
 
 def test_ari_hand_computed():
