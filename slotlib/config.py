@@ -229,6 +229,9 @@ class DiscoveryConfig:
     slot_iters: int = _p(3, "slot-attention iterations in training")
     eval_iters: int = _p(0, "slot-attention iterations for validation, test and figures; 0: slot_iters. With "
                          "bilevel the iteration is trained as a fixed point, so more iterations refine the masks")
+    eval_masks: str = _p("alpha", "the masks FG-ARI and the segmentation figures read: 'alpha' (the decoder's masks, "
+                         "the paper's readout) or 'posterior' (those masks given each pixel's colour under the "
+                         "decoder's mixture); metrics.json always holds both")
     slot_init: str = _p("per_slot", "initial slots: 'per_slot' (a learned Gaussian per slot, BO-QSA) or 'shared' "
                         "(one Gaussian, the paper's); fresh samples every pass either way")
     bilevel: bool = _p(True, "backpropagate through the last slot iteration only, straight through to the "
@@ -261,6 +264,7 @@ class DiscoveryConfig:
             _require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
         for key in ("val_scenes", "warmup_steps", "eval_every", "black_steps", "num_threads", "eval_iters"):
             _require(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
+        _require(self.eval_masks in ("alpha", "posterior"), "eval_masks", self.eval_masks, "'alpha' or 'posterior'")
         _require(self.slot_init in ("per_slot", "shared"), "slot_init", self.slot_init, "'per_slot' or 'shared'")
         _require(self.enc_stride in (1, 2), "enc_stride", self.enc_stride, "1 or 2")
         _require(self.enc_kernel in (1, 3, 5, 7), "enc_kernel", self.enc_kernel, "1, 3, 5 or 7")

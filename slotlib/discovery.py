@@ -130,6 +130,23 @@ def compose(rgb: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch
     return recon, masks
 
 
+@torch.no_grad()
+def posterior_masks(image: torch.Tensor, recon: torch.Tensor, rgb: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Each pixel's responsibilities under the decoder's mixture: p(slot k | pixel) [B,S,1,H,W].
+
+    The decoder is a mixture per pixel: the masks are the prior over slots and slot k explains the
+    pixel's colour x with N(x; rgb_k, sigma^2 I), so p(k | x) is proportional to
+    ``masks_k * exp(-|x - rgb_k|^2 / (2 sigma^2))`` (the E-step of Neural EM, Greff et al. 2017).
+    sigma^2 is each image's own reconstruction MSE, the maximum-likelihood variance of a Gaussian
+    around the composite, so there is nothing to tune. Where a blurred mask straddles an edge, the
+    pixel goes to the slot whose colour it has. A readout only: no gradient, training is unchanged.
+    """
+    var = (recon - image).square().mean((1, 2, 3)).clamp_min(1e-6)     # [B] per image
+    dist = (rgb - image[:, None]).square().sum(2, keepdim=True)         # [B,S,1,H,W] squared colour distance
+    logits = masks.clamp_min(1e-12).log() - dist / (2 * var.view(-1, 1, 1, 1, 1))
+    return logits.softmax(dim=1)                                        # [B,S,1,H,W] sums to one over slots
+
+
 @dataclass
 class Output:
     """What the autoencoder's forward returns: nothing else, and no side effects."""
@@ -137,6 +154,7 @@ class Output:
     recon: torch.Tensor   # [B,3,H,W]
     rgb: torch.Tensor     # [B,S,3,H,W] each slot's painting
     masks: torch.Tensor   # [B,S,1,H,W] sums to one over slots
+    posterior: torch.Tensor  # [B,S,1,H,W] the masks given each pixel's colour (posterior_masks), sums to one
     slots: torch.Tensor   # [B,S,D]
     attn: torch.Tensor    # [B,S,N] slot attention's last iteration, sums to one over slots
 
@@ -170,7 +188,8 @@ class SlotAutoEncoder(nn.Module):
         slots, attn = self.attention(tokens, self.init(image.shape[0]), iters)  # [B,S,D], [B,S,N]
         rgb, alpha = self.decoder(slots)                                # [B,S,3,H,W], [B,S,1,H,W]
         recon, masks = compose(rgb, alpha)                              # [B,3,H,W], [B,S,1,H,W]
-        return Output(recon=recon, rgb=rgb, masks=masks, slots=slots, attn=attn)
+        posterior = posterior_masks(image, recon, rgb, masks)           # [B,S,1,H,W]
+        return Output(recon=recon, rgb=rgb, masks=masks, posterior=posterior, slots=slots, attn=attn)
 
 
 def count_parameters(cfg: "DiscoveryConfig") -> dict[str, int]:
@@ -281,17 +300,28 @@ def predict(model: SlotAutoEncoder, images: np.ndarray, batch_size: int = 100, s
     return Output(**{k: torch.cat([getattr(o, k) for o in outs]) for k in vars(outs[0])})
 
 
+MASKS = ("alpha", "posterior")   # the two readouts of slot masks (DiscoveryConfig.eval_masks)
+
+
+def slot_masks(out: Output, kind: str = "alpha") -> torch.Tensor:
+    """The masks a readout uses, [B,S,1,H,W]: the decoder's (``alpha``) or the mixture posterior's."""
+    return {"alpha": out.masks, "posterior": out.posterior}[kind]
+
+
 def evaluate(model: SlotAutoEncoder, scenes: Scenes, device: torch.device | str = "cpu",
-             seed: int = 0) -> dict[str, Any]:
-    """FG-ARI (mean and per scene) and reconstruction MSE on held-out scenes."""
+             seed: int = 0, masks: str = "alpha") -> dict[str, Any]:
+    """FG-ARI of the ``masks`` readout (mean, sd, per scene), the mean of both readouts, and MSE."""
     out = predict(model, scenes.images, seed=seed, device=device)
-    ari = fg_ari(scenes.masks, out.masks)                               # [B]
+    both = {kind: fg_ari(scenes.masks, slot_masks(out, kind)) for kind in MASKS}   # [B] each
+    ari = both[masks]
     mse = F.mse_loss(out.recon, to_input(scenes.images)).item()
-    return {"fg_ari": float(np.nanmean(ari)), "fg_ari_std": float(np.nanstd(ari)), "mse": mse,
+    return {"fg_ari": float(np.nanmean(ari)), "fg_ari_std": float(np.nanstd(ari)),
+            **{f"fg_ari_{kind}": float(np.nanmean(a)) for kind, a in both.items()}, "mse": mse,
             "per_scene_fg_ari": ari}
 
 
-HISTORY_COLUMNS = ("step", "train_mse", "lr", "seconds", "steps_per_second", "val_fg_ari", "val_mse")
+HISTORY_COLUMNS = ("step", "train_mse", "lr", "seconds", "steps_per_second", "val_fg_ari", "val_fg_ari_alpha",
+                   "val_fg_ari_posterior", "val_mse")
 LOG_EVERY = 50   # steps per history row (the loss curve); validation columns only on evaluation steps
 
 
@@ -390,16 +420,19 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
                 train_seconds += seconds
                 row = {"step": step, "train_mse": window_loss / window_n, "lr": learning_rate(step, cfg),
                        "seconds": round(train_seconds, 2), "steps_per_second": round(window_n / seconds, 3),
-                       "val_fg_ari": "", "val_mse": ""}
+                       **{c: "" for c in HISTORY_COLUMNS[5:]}}
                 if evaluate_now and cfg.val_scenes:
-                    val = evaluate(model, splits.val, device)
+                    val = evaluate(model, splits.val, device, masks=cfg.eval_masks)
                     model.train()
-                    row.update(val_fg_ari=val["fg_ari"], val_mse=val["mse"])
-                    metrics.update(val_fg_ari=val["fg_ari"], val_mse=val["mse"])
+                    scores = {f"val_{k}": val[k] for k in ("fg_ari", "fg_ari_alpha", "fg_ari_posterior")}
+                    row.update(scores, val_mse=val["mse"])
+                    metrics.update(scores, val_mse=val["mse"])
                     if bar is not None:
-                        bar.set_postfix(mse=f"{row['train_mse']:.4f}", val_fg_ari=f"{val['fg_ari']:.3f}")
+                        bar.set_postfix(mse=f"{row['train_mse']:.4f}", fg_ari_alpha=f"{val['fg_ari_alpha']:.3f}",
+                                        fg_ari_posterior=f"{val['fg_ari_posterior']:.3f}")
                     if echo is not None:
-                        echo(f"step {step}  train_mse {row['train_mse']:.5f}  val_fg_ari {val['fg_ari']:.4f}  "
+                        echo(f"step {step}  train_mse {row['train_mse']:.5f}  val_fg_ari alpha "
+                             f"{val['fg_ari_alpha']:.4f} posterior {val['fg_ari_posterior']:.4f}  "
                              f"{row['steps_per_second']:.2f} steps/s  {train_seconds:.0f} s")
                 rows.append(row)
                 write_history(out / "history.csv", rows)
@@ -409,12 +442,13 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
                 window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
         if bar is not None:
             bar.close()
-        test = evaluate(model, splits.test, device, seed=1)
+        test = evaluate(model, splits.test, device, seed=1, masks=cfg.eval_masks)
         save_torch_atomic(model.state_dict(), out / "model.pt")
         # With a black comparison to come, the cell is done only when that is (fit_black marks it).
         metrics.update(status="running" if cfg.black_steps else "done", trained=True,
                        steps_done=cfg.steps, train_seconds=round(train_seconds, 1),
-                       fg_ari=test["fg_ari"], fg_ari_std=test["fg_ari_std"], test_mse=test["mse"],
+                       fg_ari=test["fg_ari"], fg_ari_std=test["fg_ari_std"], fg_ari_alpha=test["fg_ari_alpha"],
+                       fg_ari_posterior=test["fg_ari_posterior"], test_mse=test["mse"],
                        wall_seconds=round(time.perf_counter() - start, 1),
                        steps_per_second=round(cfg.steps / train_seconds, 3))
         write_json(out / "metrics.json", metrics)
@@ -439,7 +473,8 @@ def fit_black(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, progress: b
     run = fit(black, Path(out_dir) / "black", progress=progress)
     metrics = read_metrics(out_dir) or {}
     if metrics.get("trained") and metrics.get("digest") == cfg.digest():  # the grey run's folder: now the cell is done
-        metrics.update(status="done", black_fg_ari=run.metrics["fg_ari"], black_test_mse=run.metrics["test_mse"])
+        metrics.update(status="done", black_fg_ari=run.metrics["fg_ari"], black_fg_ari_alpha=run.metrics["fg_ari_alpha"],
+                       black_fg_ari_posterior=run.metrics["fg_ari_posterior"], black_test_mse=run.metrics["test_mse"])
         write_json(Path(out_dir) / "metrics.json", metrics)
     return run
 
@@ -486,8 +521,11 @@ def plot_history(run: DiscoveryRun) -> Any:
     a.plot([r["step"] for r in val], [r["val_mse"] for r in val], marker=".", label="validation")
     a.set(xlabel="step", ylabel="reconstruction MSE", yscale="log", title="loss")
     a.legend(fontsize=8)
-    b.plot([r["step"] for r in val], [r["val_fg_ari"] for r in val], marker=".", color="C2")
+    for kind, colour in zip(MASKS, ("C2", "C4")):
+        b.plot([r["step"] for r in val], [r.get(f"val_fg_ari_{kind}", math.nan) for r in val], marker=".",
+               color=colour, label=f"{kind} masks" + (" (headline)" if kind == run.config.eval_masks else ""))
     b.set(xlabel="step", ylabel="FG-ARI", ylim=(0, 1), title="validation FG-ARI")
+    b.legend(fontsize=8)
     b.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -500,16 +538,19 @@ def plot_reconstructions(run: DiscoveryRun, n: int = 8) -> Any:
     test = run.splits.test
     n = min(n, len(test))
     out = predict(run.model, test.images[:n], seed=1)
-    ari = fg_ari(test.masks[:n], out.masks)                             # [n]
-    fig, axes = plt.subplots(4, n, figsize=(1.6 * n, 6.6), squeeze=False)
-    seg = segmentation(out.masks)                                       # [n,H,W]
+    fig, axes = plt.subplots(5, n, figsize=(1.6 * n, 8.2), squeeze=False)
+    for row, kind in enumerate(MASKS, start=2):
+        masks = slot_masks(out, kind)
+        ari, seg = fg_ari(test.masks[:n], masks), segmentation(masks)  # [n], [n,H,W]
+        for i in range(n):
+            axes[row, i].imshow(seg[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+            axes[row, i].set_title(f"FG-ARI {ari[i]:.2f}", fontsize=8)
     for i in range(n):
         axes[0, i].imshow(test.images[i])
         axes[1, i].imshow(to_image(out.recon[i]))
-        axes[2, i].imshow(seg[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-        axes[3, i].imshow(test.masks[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-        axes[2, i].set_title(f"FG-ARI {ari[i]:.2f}", fontsize=8)
-    for ax, label in zip(axes[:, 0], ("scene", "reconstruction", "slot per pixel", "true masks")):
+        axes[4, i].imshow(test.masks[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+    for ax, label in zip(axes[:, 0], ("scene", "reconstruction", "slot per pixel\n(alpha masks)",
+                                      "slot per pixel\n(posterior)", "true masks")):
         ax.set_ylabel(label, fontsize=8)
     _axes_off(axes)
     fig.tight_layout()
@@ -517,13 +558,13 @@ def plot_reconstructions(run: DiscoveryRun, n: int = 8) -> Any:
 
 
 def plot_slots(run: DiscoveryRun, scene: int = 0) -> Any:
-    """One held-out scene: every slot's RGB, its mask, and mask * RGB (what it adds to the reconstruction)."""
+    """One held-out scene: every slot's RGB, its mask, mask * RGB (what it adds to the reconstruction), posterior."""
     import matplotlib.pyplot as plt
 
     test = run.splits.test
     out = predict(run.model, test.images[scene:scene + 1], seed=1)
     s = out.masks.shape[1]
-    fig, axes = plt.subplots(3, s + 1, figsize=(1.6 * (s + 1), 5.0), squeeze=False)
+    fig, axes = plt.subplots(4, s + 1, figsize=(1.6 * (s + 1), 6.6), squeeze=False)
     axes[0, 0].imshow(test.images[scene])
     axes[0, 0].set_title("scene", fontsize=8)
     axes[1, 0].imshow(to_image(out.recon[0]))
@@ -538,8 +579,13 @@ def plot_slots(run: DiscoveryRun, scene: int = 0) -> Any:
         axes[1, k + 1].set_title(f"mask ({mask.mean():.0%})", fontsize=8)
         axes[2, k + 1].imshow(to_image(out.rgb[0, k]) * mask[..., None] + (1 - mask[..., None]))
         axes[2, k + 1].set_title("mask x RGB", fontsize=8)
+        axes[3, k + 1].imshow(out.posterior[0, k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[3, k + 1].set_title("posterior", fontsize=8)
+    axes[3, 0].imshow(segmentation(out.posterior)[0], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+    axes[3, 0].set_title("posterior per pixel", fontsize=8)
     _axes_off(axes)
-    fig.suptitle(f"held-out scene {scene}: FG-ARI {fg_ari(test.masks[scene:scene + 1], out.masks)[0]:.3f}")
+    ari = {kind: fg_ari(test.masks[scene:scene + 1], slot_masks(out, kind))[0] for kind in MASKS}
+    fig.suptitle(f"held-out scene {scene}: FG-ARI {ari['alpha']:.3f} (alpha masks), {ari['posterior']:.3f} (posterior)")
     fig.tight_layout()
     return fig
 
@@ -550,9 +596,9 @@ def plot_fg_ari(*runs: DiscoveryRun) -> Any:
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for run in runs:
-        ari = evaluate(run.model, run.splits.test, seed=1)["per_scene_fg_ari"]
-        ax.hist(ari, bins=np.linspace(-0.2, 1, 49), alpha=0.6,
-                label=f"{run.config.background}: mean {np.nanmean(ari):.3f} ({len(ari)} scenes)")
+        ari = evaluate(run.model, run.splits.test, seed=1, masks=run.config.eval_masks)["per_scene_fg_ari"]
+        ax.hist(ari, bins=np.linspace(-0.2, 1, 49), alpha=0.6, label=f"{run.config.background}, "
+                f"{run.config.eval_masks} masks: mean {np.nanmean(ari):.3f} ({len(ari)} scenes)")
     ax.set(xlabel="FG-ARI per held-out scene", ylabel="scenes")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -563,8 +609,10 @@ def summary(*runs: DiscoveryRun) -> Any:
     """One row per run: background, steps, wall time, steps/s, test FG-ARI and MSE (a pandas DataFrame)."""
     import pandas as pd
 
-    keys = ("steps", "wall_seconds", "steps_per_second", "fg_ari", "fg_ari_std", "test_mse", "n_params", "device")
-    return pd.DataFrame([{"background": r.config.background, **{k: r.metrics.get(k) for k in keys}} for r in runs])
+    keys = ("steps", "wall_seconds", "steps_per_second", "fg_ari", "fg_ari_std", "fg_ari_alpha", "fg_ari_posterior",
+            "test_mse", "n_params", "device")
+    return pd.DataFrame([{"background": r.config.background, "eval_masks": r.config.eval_masks,
+                          **{k: r.metrics.get(k) for k in keys}} for r in runs])
 
 
 def compare_backgrounds(grey: DiscoveryRun, black: DiscoveryRun, scenes: int = 4) -> Any:
@@ -575,11 +623,11 @@ def compare_backgrounds(grey: DiscoveryRun, black: DiscoveryRun, scenes: int = 4
     fig, axes = plt.subplots(2 * scenes, s + 2, figsize=(1.4 * (s + 2), 2.9 * scenes), squeeze=False)
     for row, run in enumerate((grey, black)):
         out = predict(run.model, run.splits.test.images[:scenes], seed=1)
-        ari = fg_ari(run.splits.test.masks[:scenes], out.masks)
+        ari = fg_ari(run.splits.test.masks[:scenes], slot_masks(out, run.config.eval_masks))
         for i in range(scenes):
             r = 2 * i + row
             axes[r, 0].imshow(run.splits.test.images[i])
-            axes[r, 0].set_ylabel(f"{run.config.background}\nFG-ARI {ari[i]:.2f}", fontsize=8)
+            axes[r, 0].set_ylabel(f"{run.config.background}\nFG-ARI {ari[i]:.2f}\n({run.config.eval_masks})", fontsize=8)
             axes[r, 1].imshow(to_image(out.recon[i]))
             for k in range(s):
                 axes[r, k + 2].imshow(out.masks[i, k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
@@ -629,8 +677,9 @@ def slot_browser(run: DiscoveryRun) -> Any:
                 ax.imshow(img, cmap="gray" if img is mask else None, vmin=0, vmax=1)
                 ax.set_title(title, fontsize=9)
             _axes_off(axes)
-            fig.suptitle(f"scene {scene.value}: FG-ARI {fg_ari(test.masks[scene.value:scene.value + 1], out.masks)[0]:.3f}",
-                         fontsize=9)
+            ari = {kind: fg_ari(test.masks[scene.value:scene.value + 1], slot_masks(out, kind))[0] for kind in MASKS}
+            fig.suptitle(f"scene {scene.value}: FG-ARI {ari['alpha']:.3f} (alpha masks), {ari['posterior']:.3f} "
+                         "(posterior)", fontsize=9)
             plt.show(fig)
 
     scene.observe(show, "value")

@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from slotlib import discovery
 from slotlib.config import ConfigError, DiscoveryConfig, Config, from_namespace, parse_params
-from slotlib.discovery import SlotAutoEncoder, adjusted_rand_index, compose, fg_ari
+from slotlib.discovery import SlotAutoEncoder, adjusted_rand_index, compose, fg_ari, posterior_masks
 from slotlib.slot_attention import GaussianSlots, SlotAttention
 
 @pytest.fixture(autouse=True)
@@ -35,13 +35,14 @@ def test_output_shapes(size, stride, broadcast):
     out = model(torch.randn(2, 3, size, size))
     n = (size // stride) ** 2
     assert out.recon.shape == (2, 3, size, size)
-    assert out.rgb.shape == (2, 3, 3, size, size) and out.masks.shape == (2, 3, 1, size, size)
+    assert out.rgb.shape == (2, 3, 3, size, size) and out.masks.shape == out.posterior.shape == (2, 3, 1, size, size)
     assert out.slots.shape == (2, 3, 16) and out.attn.shape == (2, 3, n)
 
 
 def test_masks_and_attention_sum_to_one_over_slots():
     out = SlotAutoEncoder(32, **TINY)(torch.randn(2, 3, 32, 32))
     assert torch.allclose(out.masks.sum(1), torch.ones(2, 1, 32, 32), atol=1e-5)
+    assert torch.allclose(out.posterior.sum(1), torch.ones(2, 1, 32, 32), atol=1e-5)
     assert torch.allclose(out.attn.sum(1), torch.ones_like(out.attn[:, 0]), atol=1e-5)
 
 
@@ -53,6 +54,33 @@ def test_alpha_composition_by_hand():
     assert torch.allclose(masks.flatten(), torch.tensor([0.25, 0.75]))
     expected = torch.tensor([0.25 * 1.0 + 0.75 * 0.2, 0.75 * 0.6, 0.25 * -1.0 + 0.75 * 1.0])
     assert torch.allclose(recon.flatten(), expected)
+
+
+def test_posterior_masks_by_hand():
+    """One red pixel, masks (0.3, 0.7) on a red and a blue slot: the posterior moves it to the red slot.
+
+    recon = 0.3 red + 0.7 blue = (-0.4, -1, 0.4), so sigma^2 = (1.4^2 + 1.4^2) / 3; |red - blue|^2 = 8;
+    p(blue) = 0.7 e^(-8 / 2 sigma^2) / (0.3 + 0.7 e^(-8 / 2 sigma^2)).
+    """
+    red, blue = torch.tensor([1.0, -1.0, -1.0]), torch.tensor([-1.0, -1.0, 1.0])
+    rgb = torch.stack([red, blue]).view(1, 2, 3, 1, 1)                          # [B,S,3,H,W]
+    masks = torch.tensor([0.3, 0.7]).view(1, 2, 1, 1, 1)                        # [B,S,1,H,W]
+    image = red.view(1, 3, 1, 1)
+    recon = (masks * rgb).sum(1)
+    post = posterior_masks(image, recon, rgb, masks).flatten()
+    var = (1.4 ** 2 * 2) / 3
+    like = 0.7 * np.exp(-8 / (2 * var))
+    assert post.tolist() == pytest.approx([0.3 / (0.3 + like), like / (0.3 + like)], rel=1e-5)
+    assert post[0] > 0.9 and masks.flatten().argmax() == 1     # the alpha masks give the pixel to blue
+
+
+def test_posterior_is_the_masks_when_every_slot_paints_the_same_colour():
+    """Equal likelihoods leave the prior: with one RGB for every slot, the posterior equals the alpha masks."""
+    torch.manual_seed(0)
+    masks = torch.randn(2, 4, 1, 5, 5).softmax(1)
+    rgb = torch.rand(2, 1, 3, 5, 5).expand(-1, 4, -1, -1, -1)
+    image = torch.rand(2, 3, 5, 5)
+    assert torch.allclose(posterior_masks(image, (masks * rgb).sum(1), rgb, masks), masks, atol=1e-6)
 
 
 @pytest.mark.parametrize("slot_init,rows", [("shared", 1), ("per_slot", 3)])
@@ -183,6 +211,7 @@ def test_few_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
     assert run.metrics["status"] == "done" and run.metrics["steps_done"] == 30
     assert run.metrics["test_mse"] < 0.5 * before
     assert -1 <= run.metrics["val_fg_ari"] <= 1 and -1 <= run.metrics["fg_ari"] <= 1
+    assert run.metrics["fg_ari"] == run.metrics["fg_ari_alpha"] and -1 <= run.metrics["fg_ari_posterior"] <= 1
     assert {"params.yaml", "history.csv", "metrics.json", "model.pt"} <= {p.name for p in tmp_path.iterdir()}
     assert [r["step"] for r in run.history if not np.isnan(r["val_fg_ari"])] == [15, 30]
     again = discovery.fit(cfg, tmp_path, progress=False)  # a finished folder is loaded, not retrained
@@ -198,6 +227,8 @@ def test_config_rejects_bad_values_in_one_sentence():
         DiscoveryConfig.from_params({"num_slot": 4})
     with pytest.raises(ConfigError, match="'dec_broadcast' must be the image size divided by a power of two"):
         DiscoveryConfig.from_params({"dec_broadcast": 6})
+    with pytest.raises(ConfigError, match=r"^parameter 'eval_masks' must be 'alpha' or 'posterior'.*got 'soft'$"):
+        DiscoveryConfig.from_params({"eval_masks": "soft"})
     assert DiscoveryConfig.from_params({"num_threads": 2}).digest() == DiscoveryConfig().digest()
     assert DiscoveryConfig.from_params({"num_slots": 7}).digest() != DiscoveryConfig().digest()
 
@@ -263,7 +294,7 @@ def test_notebook_runs_through_grid(tmp_path):
     from slotlib.grid import format_status, run_grid, status_rows
 
     base = {"train_scenes": 48, "val_scenes": 8, "test_scenes": 8, "batch_size": 8, "steps": 6, "warmup_steps": 2,
-            "eval_every": 3, "black_steps": 3, "device": "cpu", "num_threads": 1, **TINY}
+            "eval_every": 3, "black_steps": 3, "eval_masks": "posterior", "device": "cpu", "num_threads": 1, **TINY}
     path = tmp_path / "d.yaml"
     path.write_text(yaml.safe_dump({"notebook": "object_discovery.ipynb", "base": base}))
     final = run_grid(path, tmp_path / "out", echo=lambda s: None)
@@ -275,6 +306,7 @@ def test_notebook_runs_through_grid(tmp_path):
     assert json.loads((cell / "black" / "metrics.json").read_text())["params"]["background"] == "black"
     metrics = json.loads((cell / "metrics.json").read_text())   # done only once the black comparison is
     assert metrics["status"] == "done" and metrics["trained"] and -1 <= metrics["black_fg_ari"] <= 1
+    assert metrics["fg_ari"] == metrics["fg_ari_posterior"] and metrics["black_fg_ari"] == metrics["black_fg_ari_posterior"]
     executed = nbformat.read(cell / "object_discovery.ipynb", as_version=4)
     images = sum(1 for c in executed.cells if c.cell_type == "code" for o in c.outputs
                  if "image/png" in o.get("data", {}))
