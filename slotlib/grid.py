@@ -154,7 +154,9 @@ def count_cell_parameters(cell: Cell) -> int:
 def done_detail(metrics: dict[str, Any]) -> str:
     """The headline numbers of a finished cell, for the grid's progress lines."""
     if metrics.get("kind") == "discovery":
-        return f"fg-ari {metrics.get('fg_ari', float('nan')):.4f} mse {metrics.get('test_mse', float('nan')):.5f}"
+        nan, masks = float("nan"), metrics.get("params", {}).get("eval_masks", "alpha")
+        return (f"fg-ari {metrics.get('fg_ari', nan):.4f} ({masks} masks; alpha {metrics.get('fg_ari_alpha', nan):.4f}, "
+                f"posterior {metrics.get('fg_ari_posterior', nan):.4f}) mse {metrics.get('test_mse', nan):.5f}")
     return f"val {metrics.get('best_val_acc'):.4f} test {metrics.get('test_acc'):.4f}"
 
 
