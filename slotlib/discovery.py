@@ -308,11 +308,21 @@ def slot_masks(out: Output, kind: str = "alpha") -> torch.Tensor:
     return {"alpha": out.masks, "posterior": out.posterior}[kind]
 
 
+def fg_ari_by_readout(true_masks: np.ndarray, out: Output) -> dict[str, np.ndarray]:
+    """FG-ARI per scene [B] of each readout in ``MASKS``."""
+    return {kind: fg_ari(true_masks, slot_masks(out, kind)) for kind in MASKS}
+
+
+def _ari_title(ari: dict[str, np.ndarray]) -> str:
+    """One scene's FG-ARI by both readouts, for a figure title."""
+    return f"FG-ARI {ari['alpha'][0]:.3f} (alpha masks), {ari['posterior'][0]:.3f} (posterior)"
+
+
 def evaluate(model: SlotAutoEncoder, scenes: Scenes, device: torch.device | str = "cpu",
              seed: int = 0, masks: str = "alpha") -> dict[str, Any]:
     """FG-ARI of the ``masks`` readout (mean, sd, per scene), the mean of both readouts, and MSE."""
     out = predict(model, scenes.images, seed=seed, device=device)
-    both = {kind: fg_ari(scenes.masks, slot_masks(out, kind)) for kind in MASKS}   # [B] each
+    both = fg_ari_by_readout(scenes.masks, out)                         # [B] each
     ari = both[masks]
     mse = F.mse_loss(out.recon, to_input(scenes.images)).item()
     return {"fg_ari": float(np.nanmean(ari)), "fg_ari_std": float(np.nanstd(ari)),
@@ -584,8 +594,7 @@ def plot_slots(run: DiscoveryRun, scene: int = 0) -> Any:
     axes[3, 0].imshow(segmentation(out.posterior)[0], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
     axes[3, 0].set_title("posterior per pixel", fontsize=8)
     _axes_off(axes)
-    ari = {kind: fg_ari(test.masks[scene:scene + 1], slot_masks(out, kind))[0] for kind in MASKS}
-    fig.suptitle(f"held-out scene {scene}: FG-ARI {ari['alpha']:.3f} (alpha masks), {ari['posterior']:.3f} (posterior)")
+    fig.suptitle(f"held-out scene {scene}: {_ari_title(fg_ari_by_readout(test.masks[scene:scene + 1], out))}")
     fig.tight_layout()
     return fig
 
@@ -677,9 +686,8 @@ def slot_browser(run: DiscoveryRun) -> Any:
                 ax.imshow(img, cmap="gray" if img is mask else None, vmin=0, vmax=1)
                 ax.set_title(title, fontsize=9)
             _axes_off(axes)
-            ari = {kind: fg_ari(test.masks[scene.value:scene.value + 1], slot_masks(out, kind))[0] for kind in MASKS}
-            fig.suptitle(f"scene {scene.value}: FG-ARI {ari['alpha']:.3f} (alpha masks), {ari['posterior']:.3f} "
-                         "(posterior)", fontsize=9)
+            ari = fg_ari_by_readout(test.masks[scene.value:scene.value + 1], out)
+            fig.suptitle(f"scene {scene.value}: {_ari_title(ari)}", fontsize=9)
             plt.show(fig)
 
     scene.observe(show, "value")
