@@ -37,6 +37,9 @@ from typing import Any, Mapping
 import yaml
 
 HEADS = ("scouter", "slot", "linear")
+SCOUTER_NORMS = ("none", "scouter")
+TOKEN_NORMS = ("auto", "group", "none")
+SLOT_SCORES = ("per_class", "shared")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PIPELINES = ("fast", "loader")
 
@@ -94,6 +97,14 @@ class ModelConfig:
     drop_path: float = _p(0.0, "stochastic depth rate inside the backbone")
     scouter_sign: int = _p(1, "+1 for SCOUTER+ (evidence for a class), -1 for SCOUTER- (evidence against)")
     area_power: float = _p(1.0, "the area loss is mean(attention) ** area_power")
+    scouter_norm: str = _p("none", "SCOUTER's slot-token dot products: 'none' (scaled dot products, trains) or "
+                                   "'scouter' (the authors': each slot's row over its signed sum, times the total; "
+                                   "saturates the sigmoid and stalls)")
+    token_norm: str = _p("auto", "after the 1x1 projection and ReLU: 'group' (GroupNorm over channels and "
+                                 "positions), 'none', or 'auto' (none for scouter, whose logits read each token's "
+                                 "channel mean, which GroupNorm centres; group otherwise)")
+    slot_score: str = _p("per_class", "slot head's class score: 'per_class' (slot k scored by class k's own linear "
+                                      "layer) or 'shared' (one linear layer for every slot; stalls near chance)")
 
     def __post_init__(self) -> None:
         _require(self.head in HEADS, "head", self.head, f"one of {', '.join(HEADS)}")
@@ -105,6 +116,10 @@ class ModelConfig:
         _require(0.0 <= self.drop_path < 1.0, "drop_path", self.drop_path, "a number in [0, 1)")
         _require(self.scouter_sign in (1, -1), "scouter_sign", self.scouter_sign, "1 (SCOUTER+) or -1 (SCOUTER-)")
         _require(self.area_power > 0, "area_power", self.area_power, "a number > 0")
+        _require(self.scouter_norm in SCOUTER_NORMS, "scouter_norm", self.scouter_norm,
+                 f"one of {', '.join(SCOUTER_NORMS)}")
+        _require(self.token_norm in TOKEN_NORMS, "token_norm", self.token_norm, f"one of {', '.join(TOKEN_NORMS)}")
+        _require(self.slot_score in SLOT_SCORES, "slot_score", self.slot_score, f"one of {', '.join(SLOT_SCORES)}")
         _require(self.feature_stride is None or self.feature_stride >= 1, "feature_stride", self.feature_stride,
                  "null or a stride the backbone's feature_info offers (e.g. 8, 16, 32)")
         _require(bool(self.backbone.strip()), "backbone", self.backbone, "a timm model name")
@@ -339,9 +354,15 @@ def _type_name(hint: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[hint]
 
 
+# PyYAML follows YAML 1.1, which reads exponent notation without a dot (1e-3) as text.
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against the field's type hint; ints are accepted for floats."""
+    """Check ``value`` against the field's type hint; ints, and text such as 1e-3, are accepted for floats."""
     args = typing.get_args(hint)
+    if isinstance(value, str) and float in (hint, *args) and _EXPONENT.fullmatch(value.strip()):
+        value = float(value)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         if value is None and type(None) in args:
             return None

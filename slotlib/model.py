@@ -78,12 +78,20 @@ def _level_of(backbone: str, stride: int) -> int:
     return strides.index(stride)
 
 
+def token_norm(cfg: ModelConfig) -> str:
+    """'group' or 'none': the normalisation after the projection, with 'auto' resolved for the head."""
+    if cfg.token_norm != "auto":
+        return cfg.token_norm
+    return "none" if cfg.head == "scouter" else "group"
+
+
 def create_head(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.head == "scouter":
         return ScouterSlotAttention(num_classes, cfg.hidden_dim, cfg.slots_per_class, cfg.slot_iters,
-                                    sign=cfg.scouter_sign)
+                                    sign=cfg.scouter_sign, rescale=cfg.scouter_norm)
     if cfg.head == "slot":
-        return SlotClassifierHead(num_classes, cfg.hidden_dim, cfg.slots_per_class, cfg.slot_iters)
+        return SlotClassifierHead(num_classes, cfg.hidden_dim, cfg.slots_per_class, cfg.slot_iters,
+                                  score=cfg.slot_score)
     return LinearHead(num_classes, cfg.hidden_dim)
 
 
@@ -100,7 +108,9 @@ class SlotClassifier(nn.Module):
         self.proj = nn.Conv2d(channels, d, kernel_size=1)
         # One group: normalise over all channels and positions together. Many groups on a small map
         # (2x2 at 64 px) would remove each group's own mean, which is most of what a tile says.
-        self.norm = nn.GroupNorm(1, d)
+        # Not for SCOUTER by default: its logit is each token's channel mean weighted by attention,
+        # and GroupNorm centres exactly that (the authors feed the ReLU features as they are).
+        self.norm = nn.GroupNorm(1, d) if token_norm(cfg) == "group" else nn.Identity()
         # The reference passed dropout to a features_only backbone, where it reached no module;
         # here it acts on the tokens every head sees.
         self.dropout = nn.Dropout(cfg.dropout)
@@ -109,7 +119,10 @@ class SlotClassifier(nn.Module):
         self._grid: dict[int, tuple[int, int]] = {}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(images)[-1]                            # [B,C,H,W]
+        return self.from_features(self.backbone(images)[-1])
+
+    def from_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything after the backbone, on its feature map ``[B,C,H,W]`` (e.g. computed once, frozen)."""
         x = self.norm(F.relu(self.proj(features)))                      # [B,D,H,W]
         _, d, h, w = x.shape
         tokens = self.dropout(x.flatten(2).transpose(1, 2))             # [B,N,D]
@@ -141,7 +154,7 @@ class SlotClassifier(nn.Module):
                 "n_trainable_stage1": n_head, "n_trainable_stage2": n_backbone + n_head}
 
 
-_COUNT_KEYS = ("backbone", "feature_stride", "head", "hidden_dim", "slots_per_class")
+_COUNT_KEYS = ("backbone", "feature_stride", "head", "hidden_dim", "slots_per_class", "token_norm", "slot_score")
 _COUNTS: dict[tuple, dict[str, int]] = {}
 
 

@@ -26,17 +26,26 @@ from torch import nn
 class ScouterSlotAttention(nn.Module):
     """SCOUTER: one learned slot per class (or P), sigmoid attention, logits from the slot updates.
 
-    Faithful to the authors' code: fixed learned initial slots, keys from an MLP of the position
-    encoded tokens, the tokens themselves as values (no value projection), no query projection
-    (the slots are the queries), SCOUTER's rescaling of the dot products, a GRU update, and the
-    class logit as the channel sum of the last iteration's updates.
+    As the authors' code: fixed learned initial slots, keys from an MLP of the position encoded
+    tokens, the tokens themselves as values (no value projection), no query projection (the slots
+    are the queries), a GRU update, and the class logit as the channel sum of the last iteration's
+    updates.
+
+    ``rescale`` chooses the dot products fed to the sigmoid. ``'scouter'`` is the authors'
+    rescaling: each slot's row divided by its own (signed) sum and multiplied by the sum over all
+    slots. It makes the values large (their sum over a row is the grand total), so the sigmoid
+    saturates and no gradient flows; when a row sum nears zero they explode. On frozen ImageNet
+    features of EuroSAT it stays near chance (README, "Slot heads"). ``'none'`` (the default)
+    feeds the plain scaled dot products ``slot . key / sqrt(D)``, as every other attention does.
     """
 
     def __init__(self, num_classes: int, dim: int, slots_per_class: int = 1, iters: int = 5,
-                 sign: int = 1, key_layers: int = 1, eps: float = 1e-6) -> None:
+                 sign: int = 1, key_layers: int = 1, rescale: str = "none", eps: float = 1e-6) -> None:
         super().__init__()
+        if rescale not in ("none", "scouter"):
+            raise ValueError(f"rescale must be 'none' or 'scouter', got {rescale!r}")
         self.num_classes, self.slots_per_class, self.iters, self.sign = num_classes, slots_per_class, iters, sign
-        self.eps = eps
+        self.rescale, self.eps = rescale, eps
         self.scale = dim ** -0.5
         num_slots = num_classes * slots_per_class
         # SCOUTER draws the initial slots once from N(mu, sigma) and then learns them directly;
@@ -55,19 +64,24 @@ class ScouterSlotAttention(nn.Module):
         slots = self.initial_slots.expand(b, -1, -1)                    # [B,S,D]
         for _ in range(self.iters):
             dots = torch.einsum("bsd,bnd->bsn", slots, k) * self.scale  # [B,S,N]
-            # SCOUTER's normalisation: each slot's row is divided by its own sum and multiplied by
-            # the sum over all slots, so every slot carries the same total evidence. A row sum can
-            # cross zero (few tokens make it likely); it is kept eps away, with its sign, so the
-            # division stays finite. The authors' code returns inf/NaN there.
-            row = dots.sum(2, keepdim=True)                                         # [B,S,1]
-            row = torch.where(row.abs() < self.eps, torch.full_like(row, self.eps).copysign(row), row)
-            dots = dots / row * dots.sum((1, 2), keepdim=True)                      # [B,S,N]
+            if self.rescale == "scouter":
+                dots = self.scouter_rescale(dots)                       # [B,S,N]
             attn = dots.sigmoid()                                       # [B,S,N] no competition between slots
             updates = torch.einsum("bsn,bnd->bsd", attn, x) / d         # [B,S,D] values are the raw tokens
             slots = self.gru(updates.reshape(-1, d), slots.reshape(-1, d)).view(b, -1, d)  # [B,S,D]
         per_class = updates.view(b, self.num_classes, self.slots_per_class, d)        # [B,K,P,D]
         logits = self.sign * per_class.sum((2, 3))                      # [B,K] a class's slots add up
         return logits, attn
+
+    def scouter_rescale(self, dots: torch.Tensor) -> torch.Tensor:
+        """The authors' normalisation of ``dots [B,S,N]``: each slot's row over its own sum, times the total.
+
+        A row sum can cross zero (few tokens make it likely); it is kept eps away, with its sign,
+        so the division stays finite. The authors' code returns inf/NaN there.
+        """
+        row = dots.sum(2, keepdim=True)                                             # [B,S,1]
+        row = torch.where(row.abs() < self.eps, torch.full_like(row, self.eps).copysign(row), row)
+        return dots / row * dots.sum((1, 2), keepdim=True)                          # [B,S,N]
 
 
 class SlotAttention(nn.Module):
@@ -145,19 +159,32 @@ class GaussianSlots(nn.Module):
 
 
 class SlotClassifierHead(nn.Module):
-    """Classification from Locatello slot attention: P slots per class, a shared linear score per slot."""
+    """Classification from Locatello slot attention: P slots per class, each scored into its class's logit.
 
-    def __init__(self, num_classes: int, dim: int, slots_per_class: int = 1, iters: int = 3) -> None:
+    ``score='per_class'`` (the default) scores slot s with its class's own linear layer, so a slot
+    is read as evidence for the class it stands for. ``score='shared'`` scores every slot with one
+    linear layer: then the only thing that tells class k's slot apart is its initial mean, and on
+    frozen ImageNet features of EuroSAT it stays near chance (README, "Slot heads").
+    """
+
+    def __init__(self, num_classes: int, dim: int, slots_per_class: int = 1, iters: int = 3,
+                 score: str = "per_class") -> None:
         super().__init__()
+        if score not in ("per_class", "shared"):
+            raise ValueError(f"score must be 'per_class' or 'shared', got {score!r}")
         self.num_classes, self.slots_per_class = num_classes, slots_per_class
         self.init = GaussianSlots(num_classes * slots_per_class, dim, per_slot=True, sample_in_eval=False)
         self.attention = SlotAttention(dim, iters)
-        self.score = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1))
+        self.norm = nn.LayerNorm(dim)
+        rows = num_classes if score == "per_class" else 1
+        self.weight = nn.Parameter(torch.empty(rows, 1, dim).uniform_(-dim ** -0.5, dim ** -0.5))  # [K|1,1,D]
+        self.bias = nn.Parameter(torch.zeros(rows, 1))                                              # [K|1,1]
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = x.shape[0]
+        b, k, p = x.shape[0], self.num_classes, self.slots_per_class
         slots, attn = self.attention(x + pos, self.init(b))             # [B,S,D], [B,S,N]
-        scores = self.score(slots).view(b, self.num_classes, self.slots_per_class)  # [B,K,P]
+        slots = self.norm(slots).view(b, k, p, -1)                      # [B,K,P,D]
+        scores = (slots * self.weight).sum(-1) + self.bias              # [B,K,P] class k's slots, class k's layer
         return scores.sum(-1), attn                                     # [B,K] a class's slots add up
 
 

@@ -34,7 +34,21 @@ def test_round_trip_and_int_for_float():
     assert Config.from_params(cfg.to_params()) == cfg
 
 
+def test_exponent_notation_without_a_dot_is_a_number():
+    """YAML 1.1 (PyYAML) reads 1e-3 as text; --set stage1_lr=1e-3 and a params file saying so both mean 0.001."""
+    assert parse_set(["stage1_lr=1e-3"]) == {"stage1_lr": "1e-3"}
+    cfg = Config.from_params({"stage1_lr": "1e-3", "grad_clip": "5E-1", "stage2_lr": "-2e+1"[1:]})
+    assert (cfg.train.stage1_lr, cfg.train.grad_clip, cfg.train.stage2_lr) == (0.001, 0.5, 20.0)
+    with pytest.raises(ConfigError, match="'stage1_lr' must be a number"):
+        Config.from_params({"stage1_lr": "fast"})
+    with pytest.raises(ConfigError, match="'slot_iters'"):
+        Config.from_params({"slot_iters": "1e3"})  # an integer parameter takes no float text
+
+
 @pytest.mark.parametrize("params,key", [
+    ({"scouter_norm": "abs"}, "scouter_norm"),
+    ({"token_norm": "layer"}, "token_norm"),
+    ({"slot_score": "mean"}, "slot_score"),
     ({"slot_iter": 3}, "slot_iter"),
     ({"slot_iters": 0}, "slot_iters"),
     ({"slot_iters": 2.5}, "slot_iters"),

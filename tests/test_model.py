@@ -57,11 +57,16 @@ def test_feature_stride_picks_the_level_from_feature_info():
 
 
 def test_reference_parameter_count():
-    """The reference's 2,664,049 counted an unused 16,512-parameter query projection."""
+    """The reference's 2,664,049 counted an unused 16,512-parameter query projection.
+
+    The default SCOUTER tokens skip the GroupNorm (token_norm 'auto'); with it, 256 more.
+    """
     assert timm.__version__ == "1.0.31", "the pinned count was measured with timm 1.0.31"
     counts = build(backbone="mobilevitv2_075", head="scouter", hidden_dim=128, slots_per_class=1).parameter_counts()
-    assert counts == {"n_params": 2_647_409, "n_params_backbone": 2_481_009, "n_params_head": 166_400,
-                      "n_trainable_stage1": 166_400, "n_trainable_stage2": 2_647_409}
+    assert counts == {"n_params": 2_647_153, "n_params_backbone": 2_481_009, "n_params_head": 166_144,
+                      "n_trainable_stage1": 166_144, "n_trainable_stage2": 2_647_153}
+    grouped = build(backbone="mobilevitv2_075", token_norm="group").parameter_counts()
+    assert grouped["n_params"] == 2_647_409
 
 
 def loss_of(model, lambda_area=0.05, head=None):
@@ -80,6 +85,8 @@ def loss_of(model, lambda_area=0.05, head=None):
     ("head", "scouter", "slot"),
     ("head", "scouter", "linear"),
     ("scouter_sign", 1, -1),
+    ("scouter_norm", "none", "scouter"),
+    ("token_norm", "group", "none"),
 ])
 def test_every_grid_axis_changes_the_output(axis, a, b):
     """The reference's dropout axis reached no module; every axis here must change the computation."""
@@ -180,3 +187,18 @@ def test_compiled_model_matches_eager_forward_and_backward(head):
     loss, _ = slot_classification_loss(logits, torch.tensor([0, 1]), attn, head=head, lambda_area=0.05)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.head.parameters())
+
+
+def test_slot_score_changes_the_slot_heads_output():
+    out_a, _ = run(build(head="slot", slot_score="per_class"))
+    out_b, _ = run(build(head="slot", slot_score="shared"))
+    assert not torch.allclose(out_a, out_b)
+
+
+@pytest.mark.parametrize("head,norm", [("scouter", torch.nn.Identity), ("slot", torch.nn.GroupNorm),
+                                       ("linear", torch.nn.GroupNorm)])
+def test_token_norm_auto_follows_the_head(head, norm):
+    """SCOUTER reads each token's channel mean, which GroupNorm centres: 'auto' leaves its tokens alone."""
+    assert type(build(head=head).norm) is norm
+    assert type(build(head=head, token_norm="group").norm) is torch.nn.GroupNorm
+    assert type(build(head=head, token_norm="none").norm) is torch.nn.Identity
