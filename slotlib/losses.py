@@ -16,6 +16,35 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf: the run stops, nothing is skipped or re-rolled."""
 
 
+class HeadCollapseError(RuntimeError):
+    """A head learned nothing for a whole epoch (equal logits or saturated attention): a failed run, not a result."""
+
+    def __init__(self, message: str, info: dict) -> None:
+        super().__init__(message)
+        self.info = info  # what metrics.json records under 'collapse'
+
+
+# A head has collapsed when, for every training batch of an epoch, every sample's class logits lie
+# within COLLAPSE_SPREAD of each other (softmax within 0.1% of uniform: no signal to learn from), or,
+# for SCOUTER's sigmoid attention, more than SATURATED_SHARE of the weights are saturated (below
+# SATURATION_MARGIN or above 1 - SATURATION_MARGIN, where the sigmoid passes no gradient).
+COLLAPSE_SPREAD = 1e-3
+SATURATION_MARGIN = 0.01
+SATURATED_SHARE = 0.99
+
+
+def logit_spread(logits: torch.Tensor) -> torch.Tensor:
+    """Per sample, the largest class logit minus the smallest: ``logits [B,K]`` -> ``[B]``."""
+    logits = logits.detach().float()
+    return logits.max(1).values - logits.min(1).values
+
+
+def saturated_share(attn: torch.Tensor, margin: float = SATURATION_MARGIN) -> torch.Tensor:
+    """Share of sigmoid attention weights within ``margin`` of 0 or 1: ``attn [B,S,N]`` -> scalar."""
+    attn = attn.detach().float()
+    return ((attn < margin) | (attn > 1 - margin)).float().mean()
+
+
 def area_loss(attn: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     """Mean attention over batch, slots and tokens, to ``power``: ``attn [B,S,N]`` -> scalar."""
     return attn.mean() ** power

@@ -35,12 +35,13 @@ from tqdm.auto import tqdm
 
 from .config import LOCAL_ONLY, Config, ConfigError
 from .grid import read_metrics
-from .losses import NonFiniteLossError, slot_classification_loss
+from .losses import (COLLAPSE_SPREAD, SATURATED_SHARE, HeadCollapseError, NonFiniteLossError, logit_spread,
+                     saturated_share, slot_classification_loss)
 from .model import SlotClassifier
 from .runfiles import _UMASK, resolve_device, save_torch_atomic, write_atomic, write_csv, write_json  # noqa: F401 (re-exported)
 
 HISTORY_COLUMNS = ("stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
-                   "images_per_second")
+                   "images_per_second", "logit_spread", "attn_saturated")
 
 
 # --------------------------------------------------------------------------- run files
@@ -244,6 +245,10 @@ class EpochResult:
     acc: float
     seconds: float
     images: int
+    spread_mean: float = float("nan")       # mean over samples of the largest minus the smallest logit
+    spread_max: float = float("nan")        # its largest value in the epoch
+    saturated_mean: float | None = None     # SCOUTER: mean share of saturated attention weights per batch
+    saturated_min: float | None = None      # and its smallest value in the epoch
 
     @property
     def images_per_second(self) -> float:
@@ -263,7 +268,7 @@ def to_device(exp: Experiment, images: torch.Tensor, target: torch.Tensor) -> tu
 
 
 def forward_loss(exp: Experiment, model: Callable, images: torch.Tensor, target: torch.Tensor):
-    """Batch to the device, forward under the run's autocast, the training objective: (target, logits, loss)."""
+    """Batch to the device, forward under the run's autocast, the training objective: (target, logits, loss, attn)."""
     cfg, device = exp.config, exp.device
     images, target = to_device(exp, images, target)
     dtype = autocast_dtype(cfg.train.precision, device)
@@ -271,7 +276,7 @@ def forward_loss(exp: Experiment, model: Callable, images: torch.Tensor, target:
         logits, attn = model(images)                                    # [B,K], [B,S,N]
     loss, _ = slot_classification_loss(logits, target, attn, head=cfg.model.head, lambda_area=cfg.train.lambda_area,
                                        area_power=cfg.model.area_power, label_smoothing=cfg.train.label_smoothing)
-    return target, logits, loss
+    return target, logits, loss, attn
 
 
 @dataclass
@@ -282,12 +287,14 @@ class Step:
     correct: torch.Tensor    # [] right predictions in the batch
     n: int                   # images in the batch
     finite: torch.Tensor     # [] bool: loss (and gradient norm, when clipped without a scaler) finite
+    spread: torch.Tensor     # [B] each sample's largest minus smallest class logit
+    saturated: torch.Tensor | None  # [] share of saturated sigmoid attention weights (SCOUTER), else None
 
 
 def train_step(exp: Experiment, step_model: Callable, optimizer, trained: list[nn.Parameter],
                images: torch.Tensor, target: torch.Tensor, scaler: torch.amp.GradScaler | None) -> Step:
     """Forward, backward, clip, optimiser step. No host sync (the training loop and the benchmark share it)."""
-    target, logits, loss = forward_loss(exp, step_model, images, target)
+    target, logits, loss, attn = forward_loss(exp, step_model, images, target)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -304,7 +311,9 @@ def train_step(exp: Experiment, step_model: Callable, optimizer, trained: list[n
         scaler.update()
     else:
         optimizer.step()
-    return Step(loss.detach(), (logits.argmax(1) == target).sum(), target.shape[0], finite)
+    saturated = saturated_share(attn) if exp.config.model.head == "scouter" else None
+    return Step(loss.detach(), (logits.argmax(1) == target).sum(), target.shape[0], finite, logit_spread(logits),
+                saturated)
 
 
 def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: StagePlan, epoch: int,
@@ -315,7 +324,11 @@ def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: Stag
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.zeros((), device=device, dtype=torch.long)  # first batch whose loss or gradient was not finite
     bad_loss = torch.zeros((), device=device)
-    seen = 0
+    spread_sum = torch.zeros((), device=device)
+    spread_max = torch.zeros((), device=device)
+    sat_sum = torch.zeros((), device=device)
+    sat_min = torch.ones((), device=device)
+    seen = batches = 0
     bar = tqdm(exp.loaders["train"], desc=f"{plan.name} epoch {epoch}", leave=False, disable=not exp.progress,
                unit="batch")
     sync(device)
@@ -327,7 +340,13 @@ def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: Stag
         bad_loss = torch.where(new_bad, step.loss.float(), bad_loss)
         loss_sum += step.loss * step.n
         correct += step.correct
+        spread_sum += step.spread.sum()
+        spread_max = torch.maximum(spread_max, step.spread.max())
+        if step.saturated is not None:
+            sat_sum += step.saturated
+            sat_min = torch.minimum(sat_min, step.saturated)
         seen += step.n
+        batches += 1
         if batch % SYNC_EVERY == 0 or batch == len(bar):
             # The only host sync of the loop. A non-finite step has already updated the weights, but
             # the run stops here, before any checkpoint is written: nothing is skipped or saved.
@@ -341,7 +360,34 @@ def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: Stag
                                 img_s=f"{seen / elapsed:.0f}")
     sync(device)
     seconds = time.perf_counter() - start
-    return EpochResult(loss_sum.item() / seen, correct.item() / seen, seconds, seen)
+    scouter = exp.config.model.head == "scouter"
+    return EpochResult(loss_sum.item() / seen, correct.item() / seen, seconds, seen, spread_sum.item() / seen,
+                       spread_max.item(), sat_sum.item() / batches if scouter else None,
+                       sat_min.item() if scouter else None)
+
+
+def collapse_of(exp: Experiment, plan: StagePlan, epoch: int, result: EpochResult) -> HeadCollapseError | None:
+    """The error for an epoch in which the head learned nothing (see slotlib.losses), or None."""
+    model = exp.config.model
+    if result.spread_max < COLLAPSE_SPREAD:
+        kind = "equal_logits"
+        what = (f"every class's logit was equal on every training batch (largest spread {result.spread_max:.1e}, "
+                f"under {COLLAPSE_SPREAD:g})")
+    elif result.saturated_min is not None and result.saturated_min > SATURATED_SHARE:
+        kind = "saturated_attention"
+        what = (f"its attention was saturated on every training batch (at least {result.saturated_min:.1%} of the "
+                f"weights within 0.01 of 0 or 1, where the sigmoid passes no gradient)")
+    else:
+        return None
+    if model.head == "scouter" and model.scouter_norm == "scouter":
+        advice = "set scouter_norm: none (the authors' rescaling saturates the sigmoid)"
+    elif model.head == "slot" and model.slot_score == "shared":
+        advice = "set slot_score: per_class"
+    else:
+        advice = (f"lower {plan.name}_lr" + (" or lambda_area" if model.head == "scouter" else "")
+                  + ", or attend over a larger token map (feature_stride, image_size)")
+    message = f"the {model.head} head collapsed in {plan.name}, epoch {epoch}: {what}; {advice}"
+    return HeadCollapseError(message, {"stage": plan.index, "epoch": epoch, "kind": kind, "message": message})
 
 
 def sync(device: torch.device) -> None:
@@ -359,7 +405,7 @@ def evaluate(exp: Experiment, model: Callable, split: str) -> dict[str, Any]:
     confusion = torch.zeros(k, k, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
     for images, target in exp.loaders[split]:
-        target, logits, loss = forward_loss(exp, model, images, target)
+        target, logits, loss, _ = forward_loss(exp, model, images, target)
         loss_sum += loss * target.shape[0]
         confusion += torch.bincount(target * k + logits.argmax(1), minlength=k * k).view(k, k)
     exp.model.train(was_training)
@@ -414,7 +460,10 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
                    "stage1_best_val_acc": state.stage1_best_val_acc,
                    "train_images_per_second": (state.train_images / state.train_seconds
                                                if state.train_seconds else None),
-                   "wall_seconds": wall_before + time.perf_counter() - wall_start, "error": None, **extra}
+                   "wall_seconds": wall_before + time.perf_counter() - wall_start,
+                   "peak_gpu_memory_mb": (round(torch.cuda.max_memory_allocated(exp.device) / 2**20, 1)
+                                          if exp.device.type == "cuda" else None),
+                   "error": None, **extra}
         write_json(out / "metrics.json", metrics)
         return metrics
 
@@ -441,6 +490,9 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
                              test_confusion=test["confusion"], class_names=list(exp.class_names), **explanation)
     except KeyboardInterrupt:
         raise  # status stays "running": last.pt resumes it
+    except HeadCollapseError as err:
+        write_metrics("failed", error=f"{type(err).__name__}: {err}", collapse=err.info)
+        raise
     except Exception as err:
         write_metrics("failed", error=f"{type(err).__name__}: {err}")
         raise
@@ -473,7 +525,9 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         state.history.append({"stage": plan.index, "epoch": epoch, "train_loss": result.loss,
                               "train_acc": result.acc, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
                               "seconds": round(result.seconds, 3),
-                              "images_per_second": round(result.images_per_second, 1)})
+                              "images_per_second": round(result.images_per_second, 1),
+                              "logit_spread": round(result.spread_mean, 6),
+                              "attn_saturated": "" if result.saturated_mean is None else round(result.saturated_mean, 4)})
         state.stage, state.epoch = plan.index, epoch
         state.train_seconds += result.seconds
         state.train_images += result.images
@@ -489,6 +543,9 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
                            "state": state.__dict__,
                            "wall_seconds": wall_before + time.perf_counter() - wall_start}, out / "last.pt")
         on_epoch()
+        collapse = collapse_of(exp, plan, epoch, result)
+        if collapse is not None:  # recorded in history.csv (the row above) and metrics.json (fit)
+            raise collapse
         epochs.set_postfix(train_acc=f"{result.acc:.3f}", val_acc=f"{val['acc']:.3f}",
                            best=f"{state.best_val_acc:.3f}")
 

@@ -15,12 +15,13 @@ import yaml
 
 from slotlib import train as training
 from slotlib.config import Config, ConfigError
-from slotlib.losses import NonFiniteLossError
+from slotlib.losses import HeadCollapseError, NonFiniteLossError
 
 METRIC_KEYS = {"status", "cell_id", "params", "best_val_acc", "best_stage", "best_epoch", "stage1_best_val_acc",
                "test_acc", "test_loss", "per_class_test_acc", "n_params", "wall_seconds", "train_images_per_second",
                "device", "versions", "git_sha", "data_fingerprint", "error"}
-HISTORY = ["stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_second"]
+HISTORY = ["stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_second",
+           "logit_spread", "attn_saturated"]
 
 
 def tiny(root, **overrides) -> dict:
@@ -71,9 +72,50 @@ def test_two_stage_run_writes_the_cell_folder(run, tmp_path, monkeypatch):
     assert metrics["data_fingerprint"] and metrics["versions"]["torch"] == torch.__version__
 
 
-def test_the_run_learns(run):
-    metrics = run(stage1_epochs=0, stage2_epochs=6, head="linear", stage2_lr=3e-3, augment=False)
+@pytest.mark.parametrize("head", ["scouter", "slot", "linear"])
+def test_the_run_learns(run, head):
+    metrics = run(stage1_epochs=0, stage2_epochs=8, head=head, stage2_lr=3e-3, augment=False)
     assert metrics["best_val_acc"] >= 0.5  # 10 classes: chance is 0.1
+
+
+def test_a_collapsed_head_fails_the_run_and_says_so(run, tmp_path, monkeypatch):
+    """Equal logits for a whole epoch: history.csv shows it, metrics.json records it, one sentence says what to change."""
+    from slotlib.model import SlotClassifier
+
+    real = SlotClassifier.from_features
+
+    def dead(self, features):
+        logits, attn = real(self, features)
+        return logits * 0 + logits.detach().mean(), attn  # every class's logit equal, still differentiable
+
+    monkeypatch.setattr(SlotClassifier, "from_features", dead)
+    with pytest.raises(HeadCollapseError, match=r"^the scouter head collapsed in stage1, epoch 1: every class's "
+                                                r"logit was equal .*; lower stage1_lr or lambda_area"):
+        run(stage1_epochs=2)
+    out = tmp_path / "run"
+    rows = history(out)
+    assert len(rows) == 1 and float(rows[0]["logit_spread"]) == 0.0 and rows[0]["attn_saturated"] != ""
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"].startswith("HeadCollapseError: the scouter head")
+    assert metrics["collapse"]["stage"] == 1 and metrics["collapse"]["epoch"] == 1
+    assert metrics["collapse"]["kind"] == "equal_logits" and (out / "last.pt").exists()
+
+
+@pytest.mark.parametrize("params,kind,advice", [
+    ({"head": "scouter", "scouter_norm": "scouter"}, "saturated_attention", "set scouter_norm: none"),
+    ({"head": "scouter"}, "saturated_attention", "lower stage2_lr or lambda_area"),
+])
+def test_saturated_attention_is_a_collapse(params, kind, advice):
+    exp = type("Exp", (), {"config": Config.from_params(params)})()
+    plan = training.StagePlan(2, 5, 1e-4, False)
+    result = training.EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, saturated_mean=0.998,
+                                  saturated_min=0.995)
+    err = training.collapse_of(exp, plan, 3, result)
+    assert err.info["kind"] == kind and err.info["stage"] == 2 and err.info["epoch"] == 3
+    assert "stage2, epoch 3" in str(err) and advice in str(err) and "\n" not in str(err)
+    healthy = training.EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, saturated_mean=0.4,
+                                   saturated_min=0.2)
+    assert training.collapse_of(exp, plan, 3, healthy) is None
 
 
 def test_stage1_freezes_the_backbone_and_its_batchnorm(tiny_root, isolated_cache, tmp_path):
