@@ -10,19 +10,31 @@ steps after a warm-up, with the training loop's own step function (:func:`slotli
                per-tile transforms in a DataLoader (``num_workers`` from the parameters), with
                the fast path's precision and memory format (not timed unless asked for).
 ``fast``       ``pipeline: fast``: the uint8 tiles on the device, augmented there a batch at a
-               time (slotlib.device_data); bf16 autocast and channels_last on CUDA; optionally
-               ``torch.compile``.
+               time (slotlib.device_data); bf16 autocast and channels_last on CUDA.
+``compiled``   ``fast`` with the model under ``torch.compile`` (``compile: true``).
 
-Only training steps are timed (CUDA events on a GPU, the wall clock with a device sync on the
-CPU), repeated ``repeats`` times: the report gives the mean and spread of images/s, the ratio
-fast/reference and the peak memory (CUDA: allocated, reset per pipeline; CPU: the process's
-resident high-water mark, which only grows and leaves out DataLoader workers).
+One process can time several heads and batch sizes (every combination, the data loaded once).
+Only training steps are timed, data path included (CUDA events on a GPU, the wall clock with a
+device sync on the CPU), repeated ``repeats`` times: the report gives the mean and spread of
+images/s, the ratio to the reference and the peak memory (CUDA: allocated by this process, reset
+per run, plus the whole device's memory in use after the warm-up; CPU: the process's resident
+high-water mark, which only grows and leaves out DataLoader workers). A run that fails (out of
+memory, a compiler error) is reported with its error and the others still run.
+
+``profile`` steps more per run go through ``torch.profiler``: the operators and kernels that took
+the most device time, for finding what bounds a step.
+
+Several processes can share one GPU, as grid cells do: ``ready_dir`` and ``peers`` make each one
+wait after its warm-up until ``peers`` processes are ready, so their timed steps overlap
+(benchmarks/cells_per_gpu.sh).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
+import os
 import platform
 import resource
 import statistics
@@ -38,7 +50,7 @@ import torch
 from .config import Config
 
 PIPELINES = ("reference", "fast")
-CHOICES = ("reference", "loader", "fast")
+CHOICES = ("reference", "loader", "fast", "compiled")
 
 
 class JpegTiles(torch.utils.data.Dataset):
@@ -121,9 +133,55 @@ class Timer:
             self.seconds = time.perf_counter() - self.t0
 
 
+def wait_for_peers(ready_dir: str | os.PathLike, peers: int, timeout_s: float = 900.0) -> None:
+    """Mark this process ready in ``ready_dir`` and wait until ``peers`` processes have."""
+    from .config import ConfigError
+
+    folder = Path(ready_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{platform.node()}-{os.getpid()}-{time.monotonic_ns()}").touch()
+    deadline = time.monotonic() + timeout_s
+    while sum(1 for _ in folder.iterdir()) < peers:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"--peers {peers}: only {sum(1 for _ in folder.iterdir())} processes became ready in "
+                              f"{ready_dir} within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def device_memory_used_mb(device: torch.device) -> float | None:
+    """Memory in use on the whole GPU (every process, CUDA contexts included); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return round((total - free) / 2**20, 1)
+
+
+def top_ops(prof, device: torch.device, n: int = 15) -> dict[str, Any]:
+    """The ``n`` operators and kernels that took the most self time on the device (CPU time off CUDA)."""
+    on_gpu = device.type == "cuda"
+
+    def self_us(e) -> float:  # the attribute was renamed from *_cuda_* to *_device_* in torch 2.4
+        if not on_gpu:
+            return e.self_cpu_time_total
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+
+    events = [e for e in prof.key_averages() if self_us(e) > 0]
+    total = sum(self_us(e) for e in events)
+    events.sort(key=self_us, reverse=True)
+    return {"clock": "device" if on_gpu else "cpu", "total_ms": round(total / 1000, 3),
+            "top": [{"name": e.key[:90], "calls": e.count, "self_ms": round(self_us(e) / 1000, 3),
+                     "share": round(self_us(e) / total, 4) if total else 0.0} for e in events[:n]]}
+
+
 def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmup: int, repeats: int,
-                 stage: int, workers: int, compile: bool) -> dict[str, Any]:
-    """Time ``repeats`` x ``steps`` training steps of one pipeline; returns its figures."""
+                 stage: int, workers: int, barrier=None, profile: int = 0) -> dict[str, Any]:
+    """Time ``repeats`` x ``steps`` training steps of one pipeline; returns its figures.
+
+    ``barrier``, if given, is called between the warm-up and the timed steps. ``profile`` > 0
+    runs that many more steps under ``torch.profiler`` afterwards (untimed) and adds the operators
+    that took the most device time.
+    """
+    compile = pipeline == "compiled"
     from .data import normalization
     from .device_data import make_device_loaders
     from .model import SlotClassifier
@@ -139,7 +197,7 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
     model = SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=False)
     # the reference trains plain fp32 NCHW; the others as `slotlib train` does
     model = model.to(device) if pipeline == "reference" else tune_for_device(model, device)
-    if pipeline == "fast":
+    if pipeline in ("fast", "compiled"):
         loader = make_device_loaders(ds, {"train": splits["train"]}, image_size=config.data.image_size,
                                      batch_size=config.data.batch_size, mean=mean, std=std, seed=config.train.seed,
                                      device=device, channels_last=cuda, drop_last_train=True)["train"]
@@ -159,7 +217,7 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
     params = set_stage(model, plan.freeze_backbone)
     optimizer, _ = make_optimizer(params, plan, config)
     train_mode(model, plan.freeze_backbone)
-    step_model = torch.compile(model) if compile and pipeline == "fast" else model
+    step_model = torch.compile(model) if compile else model
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     batches = forever(loader)
@@ -176,63 +234,126 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
     wall = time.perf_counter()
     run(warmup)  # worker start-up, cuDNN autotuning, compilation
     warm_seconds = time.perf_counter() - wall
+    if barrier is not None:
+        barrier()
+    in_use = device_memory_used_mb(device)
     rates = []
     for _ in range(repeats):
         with Timer(device) as t:
             finite = run(steps)
         rates.append(steps * config.data.batch_size / t.seconds)
-    return {"pipeline": pipeline, "images_per_second": statistics.mean(rates),
+    profiled = None
+    if profile:
+        from torch.profiler import ProfilerActivity
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with torch.profiler.profile(activities=activities) as prof:
+            with Timer(device):
+                run(profile)
+        profiled = {"steps": profile, **top_ops(prof, device)}
+    return {"pipeline": pipeline, "head": config.model.head, "batch_size": config.data.batch_size,
+            "images_per_second": statistics.mean(rates),
             "images_per_second_std": statistics.stdev(rates) if len(rates) > 1 else 0.0,
             "runs": [round(r, 1) for r in rates], "warmup_seconds": round(warm_seconds, 2),
-            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "peak_memory_mb": round(peak_memory_mb(device), 1), "device_memory_used_mb": in_use,
             "memory_kind": "cuda max allocated" if cuda else "process max RSS (cumulative)",
             "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
                 autocast_dtype(config.train.precision, device)],
-            "channels_last": cuda and pipeline != "reference", "compile": compile and pipeline == "fast",
+            "channels_last": cuda and pipeline != "reference", "compile": compile,
             "data_source": source,
             "workers": workers if pipeline == "reference" else config.data.num_workers if pipeline == "loader" else 0,
-            "finite": bool(finite)}
+            "finite": bool(finite), "error": None, "profile": profiled}
 
 
-def bench(config: Config, *, pipelines: tuple[str, ...] = PIPELINES, steps: int = 20, warmup: int = 5,
-          repeats: int = 3, stage: int = 2, workers: int = 4, compile: bool = False) -> dict[str, Any]:
-    """Load the data once, then time each pipeline in turn; returns everything ``--json`` prints."""
+def bench(config: Config, *, pipelines: tuple[str, ...] = PIPELINES, heads: tuple[str, ...] | None = None,
+          batch_sizes: tuple[int, ...] | None = None, steps: int = 20, warmup: int = 5, repeats: int = 3,
+          stage: int = 2, workers: int = 4, ready_dir: str | None = None, peers: int = 1,
+          profile: int = 0, on_result=None) -> dict[str, Any]:
+    """Load the data once, then time every head x batch size x pipeline in turn; returns what ``--json`` prints.
+
+    ``on_result``, if given, is called with each run's figures as soon as it finishes.
+    """
     from .data import load_eurosat, split_indices
     from .train import describe_device, resolve_device, versions
 
     dc = config.data
+    heads = tuple(heads or (config.model.head,))
+    batch_sizes = tuple(batch_sizes or (dc.batch_size,))
     ds = load_eurosat(dc.data_root, per_class_limit=dc.per_class_limit)
     splits = split_indices(ds, dc.split, split_seed=dc.split_seed, split_fractions=dc.split_fractions)
     device = resolve_device(config.train.device)
-    results = [run_pipeline(p, config, ds, splits, steps=steps, warmup=warmup, repeats=repeats, stage=stage,
-                            workers=workers, compile=compile) for p in pipelines]
+    barrier = (lambda: wait_for_peers(ready_dir, peers)) if ready_dir else None
+    results = []
+    for head, batch_size, pipeline in itertools.product(heads, batch_sizes, pipelines):
+        cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, head=head),
+                                  data=dataclasses.replace(config.data, batch_size=batch_size))
+        try:
+            results.append(run_pipeline(pipeline, cfg, ds, splits, steps=steps, warmup=warmup, repeats=repeats,
+                                        stage=stage, workers=workers, barrier=barrier, profile=profile))
+        except RuntimeError as err:  # out of memory, a compiler error: report it, time the rest
+            results.append({"pipeline": pipeline, "head": head, "batch_size": batch_size,
+                            "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"})
+        if on_result is not None:
+            on_result(results[-1])
+        barrier = None  # peers meet once, before their first timed run
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     out = {"device": describe_device(device), "torch_threads": torch.get_num_threads(),
-           "backbone": config.model.backbone, "head": config.model.head, "image_size": dc.image_size,
-           "batch_size": dc.batch_size, "stage": stage, "steps": steps, "warmup": warmup, "repeats": repeats,
+           "backbone": config.model.backbone, "head": heads[0] if len(heads) == 1 else list(heads),
+           "image_size": dc.image_size, "batch_size": batch_sizes[0] if len(batch_sizes) == 1 else list(batch_sizes),
+           "stage": stage, "steps": steps, "warmup": warmup, "repeats": repeats, "peers": peers,
            "python": platform.python_version(), "versions": versions(), "results": results}
-    by = {r["pipeline"]: r["images_per_second"] for r in results}
-    if "reference" in by and "fast" in by:
-        out["speedup"] = by["fast"] / by["reference"]
+    out["speedups"] = speedups(results)
+    if len(heads) == 1 and len(batch_sizes) == 1 and "fast" in out["speedups"].get(f"{heads[0]}/{batch_sizes[0]}", {}):
+        out["speedup"] = out["speedups"][f"{heads[0]}/{batch_sizes[0]}"]["fast"]
+    return out
+
+
+def speedups(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per 'head/batch size': each pipeline's images/s over the reference's."""
+    out: dict[str, dict[str, float]] = {}
+    for r in results:
+        ref = next((q for q in results if q["pipeline"] == "reference" and q["head"] == r["head"]
+                    and q["batch_size"] == r["batch_size"] and not q.get("error")), None)
+        if ref is not None and r["pipeline"] != "reference" and not r.get("error"):
+            out.setdefault(f"{r['head']}/{r['batch_size']}", {})[r["pipeline"]] = (
+                r["images_per_second"] / ref["images_per_second"])
     return out
 
 
 def format_bench(result: dict[str, Any]) -> str:
-    lines = [f"{result['backbone']} + {result['head']}, {result['image_size']} px, batch {result['batch_size']}, "
-             f"stage {result['stage']}, {result['steps']} steps x {result['repeats']} after {result['warmup']} "
-             f"warm-up, on {result['device']}",
-             f"{'pipeline':10s} {'images/s':>16s} {'peak MB':>9s}  details"]
+    lines = [f"{result['backbone']}, {result['image_size']} px, stage {result['stage']}, {result['steps']} steps x "
+             f"{result['repeats']} after {result['warmup']} warm-up, on {result['device']}"
+             + (f", {result['peers']} processes at once" if result.get("peers", 1) > 1 else ""),
+             f"{'head':8s} {'batch':>5s} {'pipeline':10s} {'images/s':>18s} {'x ref':>6s} {'peak MB':>9s}  details"]
+    gains = result.get("speedups", {})
     for r in result["results"]:
-        details = f"{r['precision']}, data from {r['data_source']}"
-        if r["workers"]:
-            details += f", {r['workers']} workers"
-        if r["channels_last"]:
-            details += ", channels_last"
-        if r["compile"]:
-            details += ", compiled"
-        if not r["finite"]:
-            details += ", NON-FINITE LOSS"
-        rate = f"{r['images_per_second']:.1f} +- {r['images_per_second_std']:.1f}"
-        lines.append(f"{r['pipeline']:10s} {rate:>16s} {r['peak_memory_mb']:9.0f}  {details}")
-    if "speedup" in result:
-        lines.append(f"fast / reference: {result['speedup']:.2f}x")
+        lines.append(format_result(r, gains.get(f"{r['head']}/{r['batch_size']}", {}).get(r["pipeline"])))
     return "\n".join(lines)
+
+
+def format_result(r: dict[str, Any], gain: float | None = None) -> str:
+    """One run's line of the table: head, batch size, pipeline, images/s, ratio to the reference, memory."""
+    where = f"{r['head']:8s} {r['batch_size']:5d} {r['pipeline']:10s}"
+    if r.get("error"):
+        return f"{where} FAILED: {r['error']}"
+    details = f"{r['precision']}, data from {r['data_source']}"
+    if r["workers"]:
+        details += f", {r['workers']} workers"
+    if r["channels_last"]:
+        details += ", channels_last"
+    if r["compile"]:
+        details += ", compiled"
+    if r.get("device_memory_used_mb") is not None:
+        details += f", GPU in use {r['device_memory_used_mb']:.0f} MB"
+    if not r["finite"]:
+        details += ", NON-FINITE LOSS"
+    rate = f"{r['images_per_second']:.1f} +- {r['images_per_second_std']:.1f}"
+    line = f"{where} {rate:>18s} {(f'{gain:.2f}x' if gain else '-'):>6s} {r['peak_memory_mb']:9.0f}  {details}"
+    prof = r.get("profile")
+    if prof:
+        line += (f"\n    profile of {prof['steps']} steps: {prof['total_ms'] / prof['steps']:.2f} ms of {prof['clock']} "
+                 f"time per step; the operators that took most:")
+        line += "".join(f"\n    {op['share']:6.1%} {op['self_ms']:9.2f} ms {op['calls']:6d} calls  {op['name']}"
+                        for op in prof["top"])
+    return line

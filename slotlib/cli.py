@@ -5,8 +5,8 @@
     slotlib grid PARAMS.yaml --out DIR [--jobs N] [--devices 0,1] [--dry-run] [--retry-failed]
     slotlib status DIR
     slotlib report DIR
-    slotlib bench [PARAMS.yaml] [--pipeline reference fast] [--image-size S] [--batch-size B] [--head H]
-                  [--device D] [--steps N] [--json] [--set key=value ...]
+    slotlib bench [PARAMS.yaml] [--pipeline reference fast compiled] [--image-size S] [--batch-size B ...]
+                  [--head H ...] [--device D] [--steps N] [--json] [--set key=value ...]
 
 Bad input exits with code 2 and one sentence on stderr naming the key, file or value at fault.
 """
@@ -73,8 +73,10 @@ def bench(args: argparse.Namespace) -> dict:
     from .bench import bench as run
 
     overrides = parse_set(args.overrides)
-    for key, value in (("image_size", args.image_size), ("batch_size", args.batch_size), ("head", args.head),
-                       ("device", args.device), ("per_class_limit", args.per_class_limit)):
+    heads, batch_sizes = tuple(dict.fromkeys(args.head or ())), tuple(dict.fromkeys(args.batch_size or ()))
+    for key, value in (("image_size", args.image_size), ("batch_size", batch_sizes[0] if batch_sizes else None),
+                       ("head", heads[0] if heads else None), ("device", args.device),
+                       ("per_class_limit", args.per_class_limit)):
         if value is not None:
             overrides[key] = value
     if args.params:
@@ -87,8 +89,22 @@ def bench(args: argparse.Namespace) -> dict:
             raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0 or args.workers < 0:
         raise ConfigError(f"--warmup and --workers must be >= 0, got {args.warmup} and {args.workers}")
-    return run(config, pipelines=tuple(dict.fromkeys(args.pipeline)), steps=args.steps, warmup=args.warmup,
-               repeats=args.repeats, stage=args.stage, workers=args.workers, compile=args.compile)
+    for b in batch_sizes:
+        Config.from_params({**overrides, "batch_size": b}, where="--batch-size")  # one sentence for a bad size
+    if args.profile < 0:
+        raise ConfigError(f"--profile must be >= 0 steps, got {args.profile}")
+    if args.peers < 1 or (args.peers > 1 and not args.ready_dir):
+        raise ConfigError(f"--peers must be >= 1, and above 1 only with --ready-dir; got {args.peers}")
+    pipelines = tuple(dict.fromkeys([*args.pipeline, *(["compiled"] if args.compile else [])]))
+    return run(config, pipelines=pipelines, heads=heads or None, batch_sizes=batch_sizes or None, steps=args.steps,
+               warmup=args.warmup, repeats=args.repeats, stage=args.stage, workers=args.workers,
+               ready_dir=args.ready_dir, peers=args.peers, profile=args.profile, on_result=progress_line)
+
+
+def progress_line(result: dict) -> None:
+    """Each bench run's line on stderr as it finishes: a long benchmark shows where it is."""
+    from .bench import format_result
+    print(format_result(result), file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,12 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="train images/s of the reference data path against the fast one")
     p.add_argument("params", nargs="?", help="parameters file (default: the defaults, i.e. the reference model); "
                                              "a grid's first cell is used")
-    p.add_argument("--pipeline", nargs="+", choices=("reference", "loader", "fast"), default=["reference", "fast"],
+    p.add_argument("--pipeline", nargs="+", choices=("reference", "loader", "fast", "compiled"),
+                   default=["reference", "fast"],
                    help="pipelines to time, in this order (default: reference fast; 'loader' is the per-tile "
-                        "DataLoader path of 'pipeline: loader')")
+                        "DataLoader path of 'pipeline: loader', 'compiled' the fast one under torch.compile)")
     p.add_argument("--image-size", type=int, help="input size in pixels")
-    p.add_argument("--batch-size", type=int, help="images per step")
-    p.add_argument("--head", choices=("scouter", "slot", "linear"), help="classification head")
+    p.add_argument("--batch-size", type=int, nargs="+", help="images per step (several: each is timed)")
+    p.add_argument("--head", choices=("scouter", "slot", "linear"), nargs="+",
+                   help="classification head (several: each is timed)")
     p.add_argument("--device", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--per-class-limit", type=int, help="load only the first N tiles per class (quicker start)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat (default 20)")
@@ -135,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", type=int, choices=(1, 2), default=2,
                    help="1: head only on a frozen backbone; 2: everything trains (default)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference pipeline (default 4)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model in the fast pipeline")
+    p.add_argument("--compile", action="store_true", help="also time the 'compiled' pipeline (fast + torch.compile)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, N more steps under torch.profiler: the operators that took most device time")
+    p.add_argument("--ready-dir", help="for several processes on one GPU: a shared empty folder where each one "
+                                       "marks itself ready after its warm-up")
+    p.add_argument("--peers", type=int, default=1,
+                   help="with --ready-dir: wait after the warm-up until this many processes are ready (default 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter (repeatable)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -148,10 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "describe":
             print(json.dumps(describe(args.params, parse_set(args.overrides)), indent=2))
         elif args.command == "train":
-            from .losses import NonFiniteLossError
+            from .losses import HeadCollapseError, NonFiniteLossError
             try:
                 metrics = train(args.params, args.out, parse_set(args.overrides), args.cell, not args.no_progress)
-            except NonFiniteLossError as err:  # recorded in metrics.json as failed
+            except (NonFiniteLossError, HeadCollapseError) as err:  # recorded in metrics.json as failed
                 print(f"slotlib: training stopped: {err}", file=sys.stderr)
                 return 1
             print(json.dumps({k: metrics.get(k) for k in ("status", "best_val_acc", "best_stage", "best_epoch",
