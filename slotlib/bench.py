@@ -10,7 +10,7 @@ steps after a warm-up, with the training loop's own step function (:func:`slotli
                per-tile transforms in a DataLoader (``num_workers`` from the parameters), with
                the fast path's precision and memory format (not timed unless asked for).
 ``fast``       ``pipeline: fast``: the uint8 tiles on the device, augmented there a batch at a
-               time (slotlib.device_data); bf16 autocast and channels_last on CUDA.
+               time (slotlib.device_data); bf16 autocast on CUDA, channels_last on CUDA and CPU.
 ``compiled``   ``fast`` with the model under ``torch.compile`` (``compile: true``).
 
 One process can time several heads and batch sizes (every combination, the data loaded once).
@@ -186,7 +186,7 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
     from .device_data import make_device_loaders
     from .model import SlotClassifier
     from .train import (Experiment, StagePlan, autocast_dtype, make_optimizer, resolve_device, set_stage,
-                        train_mode, train_step, tune_for_device)
+                        channels_last, train_mode, train_step, tune_for_device)
 
     device = resolve_device(config.train.device)
     cuda = device.type == "cuda"
@@ -194,20 +194,23 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision="fp32"))
     mean, std = normalization(config.model.backbone)
     torch.manual_seed(config.train.seed)
-    model = SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=False)
+    model = SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=False,
+                           image_size=config.data.image_size)
     # the reference trains plain fp32 NCHW; the others as `slotlib train` does
     model = model.to(device) if pipeline == "reference" else tune_for_device(model, device)
     if pipeline in ("fast", "compiled"):
         loader = make_device_loaders(ds, {"train": splits["train"]}, image_size=config.data.image_size,
                                      batch_size=config.data.batch_size, mean=mean, std=std, seed=config.train.seed,
-                                     device=device, channels_last=cuda, drop_last_train=True)["train"]
+                                     device=device, channels_last=channels_last(device), drop_last_train=True,
+                                     crop_scale=config.data.crop_scale, dihedral=config.data.dihedral)["train"]
         source = "device"
     elif pipeline == "loader":
         from .data import make_loaders
         loader = make_loaders(ds, {"train": splits["train"]}, image_size=config.data.image_size,
                               batch_size=config.data.batch_size, mean=mean, std=std,
                               num_workers=config.data.num_workers, seed=config.train.seed,
-                              drop_last_train=True)["train"]
+                              drop_last_train=True, crop_scale=config.data.crop_scale,
+                              dihedral=config.data.dihedral)["train"]
         source = "cache"
     else:
         loader, source = reference_loader(ds, splits["train"], config, mean, std, workers, device)
@@ -258,7 +261,7 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
             "memory_kind": "cuda max allocated" if cuda else "process max RSS (cumulative)",
             "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
                 autocast_dtype(config.train.precision, device)],
-            "channels_last": cuda and pipeline != "reference", "compile": compile,
+            "channels_last": channels_last(device) and pipeline != "reference", "compile": compile,
             "data_source": source,
             "workers": workers if pipeline == "reference" else config.data.num_workers if pipeline == "loader" else 0,
             "finite": bool(finite), "error": None, "profile": profiled}

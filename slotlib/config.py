@@ -8,6 +8,8 @@ A parameters file has these keys::
 
     base:  {name: value, ...}        # overrides of the defaults, shared by every cell
     grid:  {name: [v1, v2], ...}     # Cartesian product: one cell per combination
+    # or a list of such mappings: the cells of each product, one after the other
+    # (a baseline and a few one-at-a-time changes without their cross product)
     seeds: [0, 1, 2]                 # optional: every cell repeated with these seeds
     notebook: object_discovery.ipynb # optional: the notebook a grid runs (default train.ipynb)
 
@@ -42,6 +44,8 @@ TOKEN_NORMS = ("auto", "group", "none")
 SLOT_SCORES = ("per_class", "shared")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PIPELINES = ("fast", "loader")
+OUTPUT_STRIDES = (None, 32, 16, 8)
+MIN_TOKENS = 4   # tokens per side the auto output_stride keeps at least
 
 
 class ConfigError(ValueError):
@@ -65,6 +69,10 @@ class DataConfig:
     image_size: int = _p(224, "input size in pixels: tiles are 64 px and are resized to this")
     batch_size: int = _p(32, "images per optimiser step")
     augment: bool = _p(True, "random resized crop, flip, rotation 15 deg, colour jitter 0.2 on training tiles")
+    crop_scale: float = _p(0.08, "smallest area fraction the random resized crop keeps (torchvision's and the "
+                                 "reference's 0.08 leaves 18 x 18 px of a 64 px tile)")
+    dihedral: bool = _p(False, "also turn training tiles by a random multiple of 90 deg: with the flip, all 8 "
+                               "symmetries of the square (overhead tiles have no up)")
     num_workers: int = _p(0, "DataLoader worker processes; 0 loads in the training process")
     pipeline: str = _p("fast", "'fast' (tiles on the training device, batched augmentation there) or 'loader' "
                                "(per-tile transforms in a DataLoader)")
@@ -76,6 +84,7 @@ class DataConfig:
         _require(self.per_class_limit is None or self.per_class_limit >= 3,
                  "per_class_limit", self.per_class_limit, "null or an integer >= 3 (one tile each for train, val, test)")
         _require(16 <= self.image_size <= 1024, "image_size", self.image_size, "an integer in [16, 1024]")
+        _require(0.0 < self.crop_scale <= 1.0, "crop_scale", self.crop_scale, "a number in (0, 1]")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _require(self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
         _require(self.pipeline in PIPELINES, "pipeline", self.pipeline, f"one of {', '.join(PIPELINES)}")
@@ -89,6 +98,10 @@ class ModelConfig:
     pretrained: bool = _p(True, "load the backbone's ImageNet weights from the timm hub")
     pretrained_file: str | None = _p(None, "load backbone weights from this local file instead of the hub")
     feature_stride: int | None = _p(None, "feature level to attend over, by its stride; null takes the deepest level")
+    output_stride: int | None = _p(None, "stride of the deepest features, by dilating the backbone's last stages "
+                                         "(timm output_stride): 32, 16 or 8; null keeps the backbone's own unless "
+                                         "that leaves fewer than 4 x 4 tokens, then the largest that does not "
+                                         "(7 x 7 at 224 px; 4 x 4, not 2 x 2, at 64 px)")
     head: str = _p("scouter", "'scouter' (SCOUTER, sigmoid), 'slot' (Locatello, softmax over slots) or 'linear'")
     hidden_dim: int = _p(128, "channels after the 1x1 projection: the slot dimension D")
     slots_per_class: int = _p(1, "slots per class; a class's logit sums its slots")
@@ -122,6 +135,10 @@ class ModelConfig:
         _require(self.slot_score in SLOT_SCORES, "slot_score", self.slot_score, f"one of {', '.join(SLOT_SCORES)}")
         _require(self.feature_stride is None or self.feature_stride >= 1, "feature_stride", self.feature_stride,
                  "null or a stride the backbone's feature_info offers (e.g. 8, 16, 32)")
+        _require(self.output_stride in OUTPUT_STRIDES, "output_stride", self.output_stride,
+                 "null (auto), 32, 16 or 8")
+        _require(self.output_stride is None or self.feature_stride is None, "output_stride", self.output_stride,
+                 "null when feature_stride is set (pick a shallower level or a dilated deepest one, not both)")
         _require(bool(self.backbone.strip()), "backbone", self.backbone, "a timm model name")
 
 
@@ -398,9 +415,9 @@ def _bad_type(name: str, value: Any, hint: Any, where: str) -> typing.NoReturn:
 
 # Short names for cell ids; any other parameter appears under its full name.
 ALIASES = {"head": "", "lambda_area": "lam", "slot_iters": "it", "dropout": "do", "slots_per_class": "spc",
-           "hidden_dim": "hd", "image_size": "px", "backbone": "bb", "drop_path": "dp",
+           "hidden_dim": "hd", "image_size": "px", "output_stride": "os", "backbone": "bb", "drop_path": "dp",
            "stage1_lr": "lr1", "stage2_lr": "lr2", "stage1_epochs": "ep1", "stage2_epochs": "ep2",
-           "per_class_limit": "pcl", "label_smoothing": "ls", "weight_decay": "wd", "batch_size": "bs",
+           "per_class_limit": "pcl", "crop_scale": "crop", "dihedral": "d4", "label_smoothing": "ls", "weight_decay": "wd", "batch_size": "bs",
            "background": "bg", "num_slots": "slots"}
 TOP_KEYS = ("base", "grid", "seeds", "notebook")
 # Notebooks a grid can run, by file name in notebooks/, and the parameters each one takes.
@@ -426,7 +443,7 @@ class Cell:
 class ParamsFile:
     path: str
     base: dict[str, Any]
-    grid: dict[str, list]
+    grid: dict[str, list] | list[dict[str, list]]   # one product, or several one after the other
     seeds: list[int] | None
     notebook: str = DEFAULT_NOTEBOOK   # file name in notebooks/; it decides which parameters are valid
 
@@ -438,14 +455,19 @@ class ParamsFile:
     def base_config(self) -> Config | DiscoveryConfig:
         return self.config_cls.from_params(self.base, where=f"{self.path} base")
 
+    @property
+    def products(self) -> list[dict[str, list]]:
+        """The grid as a list of Cartesian products (one for a mapping)."""
+        return self.grid if isinstance(self.grid, list) else [self.grid]
+
     def cells(self) -> list[Cell]:
-        """The Cartesian product of the grid (times the seeds), in file order."""
-        names = list(self.grid)
-        combos = list(itertools.product(*(self.grid[n] for n in names))) or [()]
+        """The Cartesian product of the grid (of each product in turn, for a list) times the seeds, in file order."""
+        combos = [dict(zip(g, combo)) for g in self.products
+                  for combo in (list(itertools.product(*g.values())) or [()])]
         cells = []
         for combo in combos:
             for seed in (self.seeds if self.seeds is not None else [None]):
-                axes = dict(zip(names, combo))
+                axes = dict(combo)
                 if seed is not None:
                     axes["seed"] = seed
                 cfg = self.config_cls.from_params({**self.base, **axes}, where=f"{self.path} grid cell {axes}")
@@ -511,23 +533,27 @@ def parse_params(raw: Any, path: str = "<params>") -> ParamsFile:
     names = config_names(NOTEBOOK_CONFIGS[notebook])
     if not isinstance(base, dict):
         raise ConfigError(f"'base' in {path} must be a mapping of parameter names to values")
-    if not isinstance(grid, dict):
-        raise ConfigError(f"'grid' in {path} must be a mapping of parameter names to lists of values")
-    for name, values in grid.items():
-        if name not in names:
-            raise ConfigError(f"unknown parameter '{name}' in {path} grid{_did_you_mean(name, names)}; "
-                              f"valid names: {', '.join(names)}")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"grid axis '{name}' in {path} must be a non-empty list of values, got {values!r}")
-        if name == "seed":
-            raise ConfigError(f"grid axis 'seed' in {path}: use the top-level 'seeds' list instead")
+    products = grid if isinstance(grid, list) else [grid]
+    if not products or not all(isinstance(g, dict) for g in products):
+        raise ConfigError(f"'grid' in {path} must be a mapping of parameter names to lists of values, or a "
+                          f"non-empty list of such mappings")
+    for g in products:
+        for name, values in g.items():
+            if name not in names:
+                raise ConfigError(f"unknown parameter '{name}' in {path} grid{_did_you_mean(name, names)}; "
+                                  f"valid names: {', '.join(names)}")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"grid axis '{name}' in {path} must be a non-empty list of values, got {values!r}")
+            if name == "seed":
+                raise ConfigError(f"grid axis 'seed' in {path}: use the top-level 'seeds' list instead")
     if seeds is not None:
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                                for s in seeds):
             raise ConfigError(f"'seeds' in {path} must be a non-empty list of integers, got {seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"'seeds' in {path} lists a seed twice: {seeds!r}")
-    pf = ParamsFile(path=path, base=dict(base), grid={k: list(v) for k, v in grid.items()}, seeds=seeds,
+    copied = [{k: list(v) for k, v in g.items()} for g in products]
+    pf = ParamsFile(path=path, base=dict(base), grid=copied if isinstance(grid, list) else copied[0], seeds=seeds,
                     notebook=notebook)
     pf.base_config  # validates the base alone, so its errors name the base
     pf.cells()

@@ -622,12 +622,14 @@ def build_transforms(
     mean: Sequence[float],
     std: Sequence[float],
     augment: bool = True,
+    crop_scale: float = 0.08,
+    dihedral: bool = False,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """(train_tf, eval_tf): uint8 tensor [3, H, W] -> normalised float32 [3, S, S].
 
-    Train: RandomResizedCrop, horizontal flip, rotation up to 15 degrees and
-    ColorJitter(0.2, 0.2, 0.2). Eval: a plain resize. With ``augment=False``
-    the train transform is the eval transform.
+    Train: RandomResizedCrop (area fraction in [crop_scale, 1]), with ``dihedral`` a random
+    quarter turn, horizontal flip, rotation up to 15 degrees and ColorJitter(0.2, 0.2, 0.2).
+    Eval: a plain resize. With ``augment=False`` the train transform is the eval transform.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size={image_size!r} is invalid; use a positive integer.")
@@ -641,7 +643,8 @@ def build_transforms(
         return eval_tf, eval_tf
     train_tf = v2.Compose(
         [
-            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True),
+            *([RandomQuarterTurn()] if dihedral else []),
             v2.RandomHorizontalFlip(),
             v2.RandomRotation(15),
             # Jitter runs on uint8, before scaling, as in the reference recipe.
@@ -650,6 +653,17 @@ def build_transforms(
         ]
     )
     return train_tf, eval_tf
+
+
+class RandomQuarterTurn(torch.nn.Module):
+    """Rotate a ``[..., H, W]`` tensor by 0, 90, 180 or 270 degrees, uniformly (exact: no resampling).
+
+    With a horizontal flip this draws from all eight symmetries of the square: overhead tiles
+    have no up.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(x, int(torch.randint(4, ())), dims=(-2, -1))
 
 
 # --------------------------------------------------------------------------
@@ -709,6 +723,8 @@ def make_loaders(
     num_workers: int = 0,
     seed: int = 0,
     drop_last_train: bool = False,
+    crop_scale: float = 0.08,
+    dihedral: bool = False,
 ) -> dict[str, DataLoader]:
     """One DataLoader per entry of ``splits``; only 'train' shuffles and augments.
 
@@ -723,7 +739,8 @@ def make_loaders(
         raise ValueError("splits['train'] is empty; the training split needs at least one index.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is invalid; use a positive integer.")
-    train_tf, eval_tf = build_transforms(image_size, mean, std, augment=augment)
+    train_tf, eval_tf = build_transforms(image_size, mean, std, augment=augment, crop_scale=crop_scale,
+                                         dihedral=dihedral)
     worker_opts: dict = (
         {"persistent_workers": True, "worker_init_fn": seed_worker} if num_workers > 0 else {}
     )

@@ -42,14 +42,15 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generat
     return low + (high - low) * torch.rand(shape, generator=gen, device=device)
 
 
-def crop_boxes(b: int, h: int, w: int, gen: torch.Generator, device) -> torch.Tensor:
+def crop_boxes(b: int, h: int, w: int, gen: torch.Generator, device,
+               scale: tuple[float, float] = CROP_SCALE) -> torch.Tensor:
     """torchvision's RandomResizedCrop.get_params for B samples at once: ``[B,4]`` (top, left, height, width).
 
     Up to ten attempts per sample, the first one that fits wins; otherwise the centre crop of
     the clamped ratio (the whole tile for square tiles), exactly as torchvision does.
     """
     t = CROP_ATTEMPTS
-    area = h * w * _uniform((b, t), *CROP_SCALE, gen, device)                          # [B,T]
+    area = h * w * _uniform((b, t), *scale, gen, device)                          # [B,T]
     ratio = torch.exp(_uniform((b, t), math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), gen, device))  # [B,T]
     cw = torch.round(torch.sqrt(area * ratio))                                         # [B,T]
     ch = torch.round(torch.sqrt(area / ratio))                                         # [B,T]
@@ -82,20 +83,25 @@ def _base_grid(s: int, device, dtype) -> torch.Tensor:
 
 
 def geometric(tiles: torch.Tensor, size: int, gen: torch.Generator, *, crop: bool = True, flip: bool = True,
-              rotation: float = ROTATION_DEG) -> torch.Tensor:
+              rotation: float = ROTATION_DEG, crop_scale: float = CROP_SCALE[0],
+              dihedral: bool = False) -> torch.Tensor:
     """Random resized crop, horizontal flip and rotation of float tiles ``[B,3,H,W]`` -> ``[B,3,S,S]``.
 
     Output pixel p is read, in the resized crop, at ``flip(rotate(p))``; pixels that the rotation
     brings in from outside the crop are 0, as torchvision's RandomRotation fills them.
+    ``crop_scale``: the smallest crop area fraction. ``dihedral`` adds a random quarter turn to
+    the rotation (exact on the square crop; with the flip, all eight symmetries of the square).
     """
     b, _, h, w = tiles.shape
     device, dtype = tiles.device, tiles.dtype
     if crop:
-        top, left, ch, cw = crop_boxes(b, h, w, gen, device).to(dtype).unbind(1)       # [B] each
+        top, left, ch, cw = crop_boxes(b, h, w, gen, device, (crop_scale, 1.0)).to(dtype).unbind(1)  # [B] each
     else:
         top = left = torch.zeros(b, device=device, dtype=dtype)
         ch, cw = torch.full((b,), float(h), device=device, dtype=dtype), torch.full((b,), float(w), device=device, dtype=dtype)
     angle = _uniform((b,), -rotation, rotation, gen, device).to(dtype) * (math.pi / 180)  # [B]
+    if dihedral:
+        angle = angle + torch.randint(4, (b,), generator=gen, device=device).to(dtype) * (math.pi / 2)
     mirror = torch.where(torch.rand(b, generator=gen, device=device) < 0.5, -1.0, 1.0).to(dtype) if flip \
         else torch.ones(b, device=device, dtype=dtype)                                 # [B] -1 flips
     cos, sin = angle.cos().view(b, 1, 1), angle.sin().view(b, 1, 1)                     # [B,1,1]
@@ -161,7 +167,8 @@ class DeviceLoader:
 
     def __init__(self, tiles: torch.Tensor, labels: torch.Tensor, indices: np.ndarray, *, image_size: int,
                  batch_size: int, mean: Sequence[float], std: Sequence[float], train: bool, augment: bool,
-                 seed: int = 0, drop_last: bool = False, channels_last: bool = False) -> None:
+                 seed: int = 0, drop_last: bool = False, channels_last: bool = False,
+                 crop_scale: float = CROP_SCALE[0], dihedral: bool = False) -> None:
         self.tiles, self.labels = tiles, labels                                        # [M,3,H,W] uint8, [M]
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=tiles.device)
         self.image_size, self.batch_size = image_size, batch_size
@@ -169,6 +176,7 @@ class DeviceLoader:
         self.mean = torch.tensor(mean, device=tiles.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=tiles.device).view(1, 3, 1, 1) * 255
         self.channels_last = channels_last
+        self.crop_scale, self.dihedral = crop_scale, dihedral
         self.generator = torch.Generator(device=tiles.device).manual_seed(seed)
 
     def __len__(self) -> int:
@@ -179,7 +187,8 @@ class DeviceLoader:
         """Inputs for tile indices ``[B]``: the training augmentation or the evaluation resize, normalised."""
         x = self.tiles[index].float()                                                  # [B,3,H,W] in [0,255]
         if self.augment:
-            x = geometric(x, self.image_size, self.generator)                          # [B,3,S,S]
+            x = geometric(x, self.image_size, self.generator, crop_scale=self.crop_scale,
+                          dihedral=self.dihedral)                                      # [B,3,S,S]
             x = colour_jitter(x / 255, self.generator) * 255
         else:
             x = resize(x, self.image_size)                                             # [B,3,S,S]
@@ -208,7 +217,8 @@ def tiles_on(images: np.ndarray, device: torch.device, chunk: int = 4096) -> tor
 def make_device_loaders(ds, splits: dict[str, np.ndarray], *, image_size: int, batch_size: int,
                         mean: Sequence[float], std: Sequence[float], augment: bool = True, seed: int = 0,
                         device: torch.device | str = "cpu", channels_last: bool = False,
-                        drop_last_train: bool = False) -> dict[str, DeviceLoader]:
+                        drop_last_train: bool = False, crop_scale: float = CROP_SCALE[0],
+                        dihedral: bool = False) -> dict[str, DeviceLoader]:
     """One DeviceLoader per split (only 'train' shuffles and augments), sharing one copy of the tiles."""
     if "train" not in splits or len(splits["train"]) == 0:
         raise ValueError("splits needs a non-empty 'train' entry")
@@ -217,5 +227,6 @@ def make_device_loaders(ds, splits: dict[str, np.ndarray], *, image_size: int, b
     labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64), device=device)
     return {name: DeviceLoader(tiles, labels, idx, image_size=image_size, batch_size=batch_size, mean=mean,
                                std=std, train=name == "train", augment=augment, seed=seed,
-                               drop_last=drop_last_train, channels_last=channels_last)
+                               drop_last=drop_last_train, channels_last=channels_last,
+                               crop_scale=crop_scale, dihedral=dihedral)
             for name, idx in splits.items()}

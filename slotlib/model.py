@@ -13,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, ConfigError, ModelConfig
+from .config import MIN_TOKENS, Config, ConfigError, ModelConfig
 from .slot_attention import LinearHead, ScouterSlotAttention, SlotClassifierHead
 
 
@@ -39,11 +40,13 @@ def sine_position_encoding(h: int, w: int, dim: int, temperature: float = 10000.
     return pos.reshape(1, h * w, dim)                                      # [1,N,D]
 
 
-def create_backbone(cfg: ModelConfig, pretrained: bool | None = None) -> nn.Module:
+def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size: int | None = None) -> nn.Module:
     """A timm ``features_only`` backbone that returns the one feature level the head attends over.
 
     Only the stages up to that level are built, so no unused parameter is counted.
     ``pretrained=None`` follows the config; ``False`` builds random weights (e.g. to count parameters).
+    ``image_size`` lets ``output_stride: null`` dilate the last stages where the backbone's own stride
+    would leave fewer than ``MIN_TOKENS`` tokens a side (see ``output_stride_for``).
     """
     if not timm.is_model(cfg.backbone):
         raise ConfigError(f"parameter 'backbone' must be a timm model name, got {cfg.backbone!r} "
@@ -52,27 +55,97 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None) -> nn.Modu
     if cfg.drop_path > 0:
         kwargs["drop_path_rate"] = cfg.drop_path
     index = -1 if cfg.feature_stride is None else _level_of(cfg.backbone, cfg.feature_stride)
+    output_stride = output_stride_for(cfg, image_size)
+    if output_stride is not None:
+        kwargs["output_stride"] = output_stride
     if pretrained is None:
         pretrained = cfg.pretrained or cfg.pretrained_file is not None
     use_weights = pretrained
+    source = "the timm hub"
     if use_weights and cfg.pretrained_file is not None:
         if not os.path.isfile(cfg.pretrained_file):
             raise ConfigError(f"parameter 'pretrained_file' names {cfg.pretrained_file!r}, which is not a file; "
                               f"give the path of a state_dict saved for timm '{cfg.backbone}'")
         kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(cfg.pretrained_file)}
+        source = f"'pretrained_file' {cfg.pretrained_file!r}"
+    elif use_weights and os.environ.get(WEIGHTS_ENV):
+        path = local_weights(cfg.backbone, os.environ[WEIGHTS_ENV])
+        kwargs["pretrained_cfg_overlay"] = {"file": path}
+        source = f"{WEIGHTS_ENV} file {path!r}"
     try:
         return timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,), **kwargs)
+    except TypeError as err:
+        if "output_stride" not in str(err):
+            raise
+        if cfg.output_stride is None:   # auto: a backbone that cannot dilate keeps its own stride
+            return timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
+                                     **{k: v for k, v in kwargs.items() if k != "output_stride"})
+        raise ConfigError(f"parameter 'output_stride' is {output_stride}, but timm '{cfg.backbone}' cannot dilate "
+                          f"its stages (its constructor takes no output_stride); leave output_stride: null") from None
     except OSError as err:  # the hub could not be reached and nothing is cached
-        raise ConfigError(f"could not load ImageNet weights for '{cfg.backbone}' from the timm hub ({err}); "
-                          f"set 'pretrained_file' to a local weights file or 'pretrained: false'") from None
+        raise ConfigError(f"could not load ImageNet weights for '{cfg.backbone}' from {source} "
+                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); set {WEIGHTS_ENV} to "
+                          f"a folder holding {cfg.backbone}*.pth (or .safetensors), 'pretrained_file' to a weights "
+                          f"file, or 'pretrained: false'") from None
     except RuntimeError as err:  # state_dict keys or shapes do not fit
-        raise ConfigError(f"weights in 'pretrained_file' {cfg.pretrained_file!r} do not fit timm "
-                          f"'{cfg.backbone}': {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"weights in {source} do not fit timm '{cfg.backbone}': "
+                          f"{str(err).splitlines()[0]}") from None
+
+
+WEIGHTS_ENV = "SLOTLIB_WEIGHTS"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def local_weights(backbone: str, where: str) -> str:
+    """The weights file for ``backbone`` that ``$SLOTLIB_WEIGHTS`` names: the file itself, or in a folder
+    the one file named ``<backbone>.<anything>`` with a weights suffix (e.g. mobilenetv2_100.tv_in1k.pth)."""
+    if os.path.isfile(where):
+        return os.path.abspath(where)
+    if not os.path.isdir(where):
+        raise ConfigError(f"{WEIGHTS_ENV}={where!r} is neither a file nor a folder; point it at a folder of "
+                          f"backbone weights files or at one such file")
+    found = sorted(name for name in os.listdir(where)
+                   if name.endswith(WEIGHT_SUFFIXES) and (name.split(".")[0] == backbone))
+    if not found:
+        raise ConfigError(f"{WEIGHTS_ENV}={where!r} holds no weights for '{backbone}' (a file named "
+                          f"{backbone}.<tag>.pth or .safetensors); add one, unset {WEIGHTS_ENV} to use the timm "
+                          f"hub, or set 'pretrained: false'")
+    if len(found) > 1:
+        raise ConfigError(f"{WEIGHTS_ENV}={where!r} holds several weights files for '{backbone}' "
+                          f"({', '.join(found)}); keep one, or name it with 'pretrained_file'")
+    return os.path.abspath(os.path.join(where, found[0]))
+
+
+@functools.lru_cache(maxsize=None)
+def _strides(backbone: str) -> tuple[int, ...]:
+    """The strides of a backbone's feature levels, from its ``feature_info`` (random weights, built once)."""
+    return tuple(timm.create_model(backbone, pretrained=False, features_only=True).feature_info.reduction())
+
+
+def output_stride_for(cfg: ModelConfig, image_size: int | None) -> int | None:
+    """The ``output_stride`` to pass to timm, or None to build the backbone as it is.
+
+    An explicit ``output_stride`` below the backbone's own stride is passed on. ``null`` (auto) keeps the
+    backbone as it is unless its deepest level would give fewer than ``MIN_TOKENS`` tokens a side at
+    ``image_size``; then it takes the largest of 16 and 8 that gives at least that many (64 px through a
+    stride-32 backbone: 16, a 4 x 4 map instead of 2 x 2). Dilation keeps the pretrained weights and the
+    parameter count; it costs compute in the dilated stages.
+    """
+    if cfg.feature_stride is not None:
+        return None
+    native = _strides(cfg.backbone)[-1]
+    if cfg.output_stride is not None:
+        return cfg.output_stride if cfg.output_stride != native else None
+    if image_size is None or image_size // native >= MIN_TOKENS:
+        return None
+    smaller = [s for s in (16, 8) if s < native]
+    if not smaller:
+        return None
+    return next((s for s in smaller if image_size // s >= MIN_TOKENS), smaller[-1])
 
 
 def _level_of(backbone: str, stride: int) -> int:
-    info = timm.create_model(backbone, pretrained=False, features_only=True).feature_info
-    strides = info.reduction()
+    strides = list(_strides(backbone))
     if stride not in strides:
         raise ConfigError(f"parameter 'feature_stride' must be one of {strides} for '{backbone}', got {stride}")
     return strides.index(stride)
@@ -96,12 +169,17 @@ def create_head(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 
 class SlotClassifier(nn.Module):
-    """Images ``[B,3,H,W]`` -> ``(logits [B,K], attn [B,S,N])``; ``forward`` is pure."""
+    """Images ``[B,3,H,W]`` -> ``(logits [B,K], attn [B,S,N])``; ``forward`` is pure.
 
-    def __init__(self, cfg: ModelConfig, num_classes: int, pretrained: bool | None = None) -> None:
+    ``image_size``: the input size the run uses, for ``output_stride: null`` (see ``output_stride_for``);
+    without it the backbone keeps its own stride.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, pretrained: bool | None = None,
+                 image_size: int | None = None) -> None:
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
-        self.backbone = create_backbone(cfg, pretrained)
+        self.backbone = create_backbone(cfg, pretrained, image_size)
         channels = self.backbone.feature_info.channels()[-1]
         self.stride = self.backbone.feature_info.reduction()[-1]
         d = cfg.hidden_dim

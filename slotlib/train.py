@@ -155,32 +155,41 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
         raise ConfigError(f"the '{empty[0]}' split is empty with these parameters; raise 'per_class_limit' "
                           f"or change 'split_fractions'")
     mean, std = eurosat.normalization(config.model.backbone)
-    cuda = device.type == "cuda"
     if dc.pipeline == "fast":
         from .device_data import make_device_loaders
         loaders = make_device_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
                                       std=std, augment=dc.augment, seed=config.train.seed, device=device,
-                                      channels_last=cuda)
+                                      channels_last=channels_last(device), crop_scale=dc.crop_scale,
+                                      dihedral=dc.dihedral)
     else:
         loaders = eurosat.make_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
                                        std=std, augment=dc.augment, num_workers=dc.num_workers,
-                                       seed=config.train.seed)
+                                       seed=config.train.seed, crop_scale=dc.crop_scale, dihedral=dc.dihedral)
     seed_everything(config.train.seed)
-    model = tune_for_device(SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained), device)
+    model = tune_for_device(SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained,
+                                           image_size=dc.image_size), device)
     split_fp = json.dumps({k: v.tolist() for k, v in splits.items()})
     return Experiment(config, out_dir, ds, splits, loaders, model, device, mean, std,
                       hashlib.sha256(split_fp.encode()).hexdigest()[:16], progress)
 
 
+def channels_last(device: torch.device) -> bool:
+    """Whether images and weights go channels_last: on CUDA, and on the CPU, where oneDNN's convolutions
+    are faster in that layout (mobilenetv2_100, 64 px, batch 32, 2 cores: 147 -> 165 training images/s)."""
+    return device.type in ("cuda", "cpu")
+
+
 def tune_for_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model on ``device``; on CUDA channels_last, with cuDNN autotuning and TF32 (training and bench)."""
+    """The model on ``device``, channels_last where that is faster; on CUDA cuDNN autotuning and TF32."""
     model = model.to(device)
+    if channels_last(device):
+        model = model.to(memory_format=torch.channels_last)
     if device.type != "cuda":
         return model
     torch.backends.cudnn.benchmark = True           # fixed input size: let cuDNN pick its fastest kernels
     torch.backends.cuda.matmul.allow_tf32 = True    # fp32 matmuls outside autocast
     torch.backends.cudnn.allow_tf32 = True
-    return model.to(memory_format=torch.channels_last)
+    return model
 
 
 def check_run_folder(config: Config, out_dir: Path) -> None:
@@ -261,8 +270,8 @@ SYNC_EVERY = 25
 
 
 def to_device(exp: Experiment, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch on the run's device (a no-op for the fast pipeline), channels_last on CUDA."""
-    fmt = torch.channels_last if exp.device.type == "cuda" else torch.preserve_format
+    """A batch on the run's device (a no-op for the fast pipeline), channels_last where the model is."""
+    fmt = torch.channels_last if channels_last(exp.device) else torch.preserve_format
     return (images.to(exp.device, non_blocking=True, memory_format=fmt),
             target.to(exp.device, non_blocking=True))
 

@@ -123,12 +123,28 @@ def test_data_root_does_not_change_ids(tmp_path):
     ({"grid": {"seed": [0, 1]}}, "'seeds'"),
     ({"grid": {"dropout": [0.1, 0.1]}}, "twice"),
     ([1, 2], "mapping"),
+    ({"grid": [{"head": ["linear"]}, [1]]}, "list of such mappings"),
+    ({"grid": [{"head": ["scouter"]}, {"head": ["scouter"]}]}, "twice"),
+    ({"grid": [{"head": ["scouter"]}, {"lamda_area": [0.0]}]}, "'lamda_area'"),
 ])
 def test_bad_params_files(tmp_path, data, needle):
     path = write(tmp_path, data)
     with pytest.raises(ConfigError) as err:
         load_params_file(path)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_list_of_grids_is_their_cells_one_after_the_other(tmp_path):
+    """Three heads, then two SCOUTER variants, without crossing the variants with every head."""
+    path = write(tmp_path, {"base": {"stage1_epochs": 1}, "seeds": [0, 1],
+                            "grid": [{"head": ["scouter", "slot", "linear"]},
+                                     {"head": ["scouter"], "lambda_area": [0.0, 0.5]}]})
+    cells = load_params_file(path).cells()
+    assert [c.axes for c in cells[:2]] == [{"head": "scouter", "seed": 0}, {"head": "scouter", "seed": 1}]
+    assert len(cells) == (3 + 2) * 2
+    assert [(c.config.model.head, c.config.train.lambda_area) for c in cells[6::2]] == [("scouter", 0.0),
+                                                                                       ("scouter", 0.5)]
+    assert cells[6].id.startswith("scouter_lam0_seed0-")
 
 
 def test_missing_and_invalid_yaml(tmp_path):

@@ -30,17 +30,18 @@ def statistics(images: torch.Tensor) -> dict[str, np.ndarray]:
             "brightness": images.mean((1, 2, 3)).numpy()}
 
 
-def reference_outputs(size: int, n: int = N) -> torch.Tensor:
-    train_tf, _ = build_transforms(size, (0, 0, 0), (1, 1, 1), augment=True)
+def reference_outputs(size: int, n: int = N, **options) -> torch.Tensor:
+    train_tf, _ = build_transforms(size, (0, 0, 0), (1, 1, 1), augment=True, **options)
     tile = torch.from_numpy(ramp_tile()).permute(2, 0, 1).contiguous()
     torch.manual_seed(0)
     return torch.stack([train_tf(tile) for _ in range(n)])
 
 
-def fast_outputs(size: int, n: int = N) -> torch.Tensor:
+def fast_outputs(size: int, n: int = N, **options) -> torch.Tensor:
     tiles = torch.from_numpy(ramp_tile()).permute(2, 0, 1)[None].repeat(n, 1, 1, 1)    # [B,3,H,W]
     loader = dd.DeviceLoader(tiles, torch.zeros(n, dtype=torch.long), np.arange(n), image_size=size,
-                             batch_size=n, mean=(0, 0, 0), std=(1, 1, 1), train=True, augment=True, seed=1)
+                             batch_size=n, mean=(0, 0, 0), std=(1, 1, 1), train=True, augment=True, seed=1,
+                             **options)
     images, _ = next(iter(loader))
     return images
 
@@ -54,6 +55,32 @@ def test_fast_augmentation_matches_the_per_tile_transforms_in_distribution(size)
         assert result.statistic < 0.08, (key, result, ref[key].mean(), fast[key].mean())
     # and the spread itself, the quantity colour jitter controls
     assert fast["brightness"].std() == pytest.approx(ref["brightness"].std(), rel=0.15)
+
+
+def red_direction(images: torch.Tensor) -> np.ndarray:
+    """Where the red ramp rises, per image: 0 right, 1 left, 2 down, 3 up (the tile's own: right)."""
+    red = images[:, 0]                                                                  # [B,S,S]
+    dx = (red[:, :, 1:] - red[:, :, :-1]).mean((1, 2))
+    dy = (red[:, 1:] - red[:, :-1]).mean((1, 2))
+    horizontal = dx.abs() > dy.abs()
+    return torch.where(horizontal, (dx < 0).long(), 2 + (dy < 0).long()).numpy()
+
+
+def test_crop_scale_and_dihedral_match_the_per_tile_transforms():
+    options = {"crop_scale": 0.5, "dihedral": True}
+    ref, fast = reference_outputs(32, **options), fast_outputs(32, **options)
+    for out in (ref, fast):  # the quarter turns: the ramp rises towards each side about equally often
+        share = np.bincount(red_direction(out), minlength=4) / len(out)
+        assert np.abs(share - 0.25).max() < 0.05, share
+    ref_stats, fast_stats = statistics(ref), statistics(fast)
+    for key in ("brightness",):
+        assert ks_2samp(ref_stats[key], fast_stats[key]).statistic < 0.08
+    spread = lambda out: torch.maximum(out[:, 0].std((1, 2)), out[:, 1].std((1, 2))).numpy()  # ~ crop size
+    assert ks_2samp(spread(ref), spread(fast)).statistic < 0.08
+    # a larger smallest crop: crops are larger on average than at the default 0.08
+    assert spread(fast).mean() > spread(fast_outputs(32, dihedral=True)).mean() * 1.1
+    # without dihedral the ramp never turns by more than the 15 degree rotation
+    assert set(red_direction(fast_outputs(32))) <= {0, 1}
 
 
 def test_crop_boxes_follow_torchvisions_random_resized_crop():

@@ -56,6 +56,43 @@ def test_feature_stride_picks_the_level_from_feature_info():
         build(feature_stride=12)
 
 
+@pytest.mark.parametrize("backbone", ["mobilevitv2_075", "mobilenetv2_100"])
+def test_output_stride_auto_keeps_a_token_map_worth_drawing(backbone):
+    """Stride 32 leaves 2 x 2 tokens on a 64 px tile: auto dilates to 16 (4 x 4); 224 px keeps 7 x 7 or more."""
+    small, large = (SlotClassifier(Config.from_params({"pretrained": False, "backbone": backbone}).model, 10,
+                                   image_size=px) for px in (64, 224))
+    assert (small.stride, small.token_grid(64)) == (16, (4, 4))
+    assert large.stride == 32 and min(large.token_grid(224)) >= 7     # mobilevitv2 pads to 8 x 8
+    # dilation keeps the weights: the same parameters, loadable both ways
+    assert small.parameter_counts() == large.parameter_counts()
+    small.load_state_dict(large.state_dict())
+    # without image_size (parameter counts, checkpoints read elsewhere) the backbone is as timm builds it
+    assert SlotClassifier(Config.from_params({"pretrained": False, "backbone": backbone}).model, 10).stride == 32
+
+
+@pytest.mark.parametrize("params,grid", [
+    ({"output_stride": 8}, (8, 8)),
+    ({"output_stride": 32}, (2, 2)),          # the backbone as it is: the setting that broke SCOUTER at 64 px
+    ({"feature_stride": 16}, (4, 4)),         # a shallower level instead; no dilation on top
+])
+def test_output_stride_explicit(params, grid):
+    model = SlotClassifier(Config.from_params({"pretrained": False, **params}).model, 10, image_size=64)
+    assert model.token_grid(64) == grid
+
+
+def test_output_stride_refused_clearly():
+    with pytest.raises(ConfigError, match=r"output_stride.*null \(auto\), 32, 16 or 8"):
+        Config.from_params({"output_stride": 4})
+    with pytest.raises(ConfigError, match="output_stride.*null when feature_stride is set"):
+        Config.from_params({"output_stride": 16, "feature_stride": 16})
+    vit = Config.from_params({"pretrained": False, "backbone": "vit_tiny_patch16_224", "output_stride": 8})
+    with pytest.raises(ConfigError, match="cannot dilate"):
+        SlotClassifier(vit.model, 10, image_size=64)
+    # auto on a backbone that cannot dilate keeps its own stride instead of failing
+    auto = Config.from_params({"pretrained": False, "backbone": "vit_tiny_patch16_224"})
+    assert SlotClassifier(auto.model, 10, image_size=32).stride == 16
+
+
 def test_reference_parameter_count():
     """The reference's 2,664,049 counted an unused 16,512-parameter query projection.
 
@@ -162,9 +199,35 @@ def test_unreachable_hub_is_a_clear_error(monkeypatch):
         return create(*args, **kwargs)
 
     create = timm.create_model
+    monkeypatch.delenv("SLOTLIB_WEIGHTS", raising=False)
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(ConfigError, match="pretrained_file.*pretrained: false"):
+    with pytest.raises(ConfigError, match="timm hub.*SLOTLIB_WEIGHTS.*pretrained_file.*pretrained: false"):
         build(pretrained=True)
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason=f"local ImageNet weights not found at {SHARED_WEIGHTS}")
+def test_weights_from_the_slotlib_weights_folder(tmp_path, monkeypatch):
+    """`pretrained: true` with $SLOTLIB_WEIGHTS: the folder's <backbone>.*.pth, or the file it names."""
+    state = torch.load(SHARED_WEIGHTS, weights_only=True)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / SHARED_WEIGHTS.name).symlink_to(SHARED_WEIGHTS)
+    (folder / "README.md").write_text("not weights")
+    for where in (folder, folder / SHARED_WEIGHTS.name):
+        monkeypatch.setenv("SLOTLIB_WEIGHTS", str(where))
+        model = build(backbone="mobilenetv2_100", pretrained=True)
+        torch.testing.assert_close(model.backbone.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
+    monkeypatch.setenv("SLOTLIB_WEIGHTS", str(folder))
+    with pytest.raises(ConfigError, match="SLOTLIB_WEIGHTS.*holds no weights for 'resnet18'"):
+        build(backbone="resnet18", pretrained=True)
+    (folder / "mobilenetv2_100.other.pth").symlink_to(SHARED_WEIGHTS)
+    with pytest.raises(ConfigError, match="several weights files"):
+        build(backbone="mobilenetv2_100", pretrained=True)
+    monkeypatch.setenv("SLOTLIB_WEIGHTS", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="neither a file nor a folder"):
+        build(backbone="mobilenetv2_100", pretrained=True)
+    # random weights ignore it
+    build(backbone="resnet18", pretrained=False)
 
 
 def test_unknown_backbone():
