@@ -38,7 +38,7 @@ def features(args) -> tuple[torch.Tensor, torch.Tensor]:
     ds = load_eurosat(os.environ.get("EUROSAT_ROOT", "./data"), per_class_limit=args.per_class)
     cfg = Config.from_params({"backbone": args.backbone, "pretrained_file": args.weights, "head": "linear",
                               "feature_stride": args.feature_stride})
-    backbone = SlotClassifier(cfg.model, 10).backbone.eval()
+    backbone = SlotClassifier(cfg.model, 10, image_size=args.image_size).backbone.eval()
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in normalization(args.backbone))
     images = torch.from_numpy(np.asarray(ds.images)).permute(0, 3, 1, 2)              # [M,3,64,64] uint8
     out = []

@@ -194,6 +194,10 @@ HELP: dict[str, str] = {name: f.metadata["help"] for name, (_, f) in FIELDS.item
 # Parameters that say where things are on this machine, not what is computed: left out of the
 # cell hash so the same grid gives the same ids everywhere.
 LOCAL_ONLY = ("data_root", "num_workers")
+# Parameters added after cell ids were in use, with the value that computes what was computed
+# before they existed: at that value they stay out of the hash, so adding a parameter does not
+# orphan the cell folders of a grid already run (or half run). Any other value is hashed.
+HASH_NEUTRAL: dict[str, Any] = {"crop_scale": 0.08, "dihedral": False}
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,8 @@ class Config:
 
     def digest(self) -> str:
         """Short hash of every parameter that changes what is computed."""
-        params = {k: v for k, v in self.to_params().items() if k not in LOCAL_ONLY}
+        params = {k: v for k, v in self.to_params().items()
+                  if k not in LOCAL_ONLY and not (k in HASH_NEUTRAL and v == HASH_NEUTRAL[k])}
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -118,8 +118,13 @@ def local_weights(backbone: str, where: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _strides(backbone: str) -> tuple[int, ...]:
-    """The strides of a backbone's feature levels, from its ``feature_info`` (random weights, built once)."""
-    return tuple(timm.create_model(backbone, pretrained=False, features_only=True).feature_info.reduction())
+    """The strides of a backbone's feature levels, from its ``feature_info`` (random weights, built once).
+
+    Built under a forked RNG: the first call in a process must not consume random numbers that a
+    later call (cached) would not, or a resumed run would start from other weights than the original.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return tuple(timm.create_model(backbone, pretrained=False, features_only=True).feature_info.reduction())
 
 
 def output_stride_for(cfg: ModelConfig, image_size: int | None) -> int | None:

@@ -1,5 +1,7 @@
 """Parameters: defaults, validation messages, parameters files and cell ids."""
 
+import json
+
 import pytest
 import yaml
 
@@ -172,3 +174,17 @@ def test_parse_set():
                          ids=lambda p: p.name)
 def test_shipped_params_files_are_valid(path):
     assert load_params_file(path).cells()
+
+
+def test_a_parameter_added_later_keeps_old_ids_at_its_neutral_value():
+    """crop_scale and dihedral came after grids had been run: at the values that compute what was
+    computed before, they are not hashed, so those grids' cell folders keep their ids."""
+    from slotlib.config import HASH_NEUTRAL
+
+    base = Config.from_params({})
+    assert {k: base.to_params()[k] for k in HASH_NEUTRAL} == HASH_NEUTRAL   # the defaults are neutral
+    params = {k: v for k, v in base.to_params().items() if k not in ("data_root", "num_workers", *HASH_NEUTRAL)}
+    import hashlib
+    assert base.digest() == hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    assert Config.from_params({"dihedral": True}).digest() != base.digest()
+    assert Config.from_params({"crop_scale": 0.35}).digest() != base.digest()

@@ -265,3 +265,15 @@ def test_token_norm_auto_follows_the_head(head, norm):
     assert type(build(head=head).norm) is norm
     assert type(build(head=head, token_norm="group").norm) is torch.nn.GroupNorm
     assert type(build(head=head, token_norm="none").norm) is torch.nn.Identity
+
+
+def test_looking_up_feature_strides_leaves_the_global_rng_alone():
+    """The strides are looked up once per process (cached); that first lookup must not consume random
+    numbers, or a run resumed in a new process would initialise its head differently (found by
+    test_resume_after_sigkill_matches_an_uninterrupted_run)."""
+    from slotlib import model as model_module
+
+    model_module._strides.cache_clear()
+    before = torch.get_rng_state()
+    model_module._strides("mobilenetv2_100")
+    assert torch.equal(before, torch.get_rng_state())
