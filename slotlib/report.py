@@ -29,7 +29,10 @@ def grid_axes(runs_dir: str | os.PathLike) -> list[str]:
     if not path.exists():
         return []
     raw = yaml.safe_load(path.read_text()) or {}
-    return list((raw.get("grid") or {}).keys()) + (["seed"] if raw.get("seeds") else [])
+    grid = raw.get("grid") or {}
+    products = grid if isinstance(grid, list) else [grid]       # a list of products: their axes, in order
+    axes = list(dict.fromkeys(name for product in products for name in product))
+    return axes + (["seed"] if raw.get("seeds") else [])
 
 
 def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
@@ -95,6 +98,14 @@ const d=(!isNaN(na)&&!isNaN(nc))?na-nc:a.localeCompare(c);return asc?d:-d});r.fo
     return f"{script}<table class='dataframe'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def axis_label(value) -> str:
+    """A grid value as a category: 'null' for None (NaN once pandas has seen a number beside it),
+    not 'nan', which seaborn takes for a missing value; 32.0 back to 32."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "null"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def plot_axes(table: pd.DataFrame, axes: list[str]):
     """Validation and test accuracy against each grid axis (one panel per axis, seeds as points)."""
     import matplotlib.pyplot as plt
@@ -106,7 +117,7 @@ def plot_axes(table: pd.DataFrame, axes: list[str]):
     long = done.melt(id_vars=shown, value_vars=["best_val_acc", "test_acc"], var_name="split", value_name="accuracy")
     long["split"] = long["split"].map({"best_val_acc": "val", "test_acc": "test"})
     for ax, axis in zip(panels[0], shown):
-        data = long.assign(**{axis: long[axis].astype(str)})
+        data = long.assign(**{axis: long[axis].map(axis_label)})
         sns.pointplot(data=data, x=axis, y="accuracy", hue="split", ax=ax, dodge=0.3, errorbar="sd",
                       linestyles="none", markers=["o", "s"])
         ax.set_title(axis)

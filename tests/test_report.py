@@ -80,3 +80,14 @@ def test_report_refuses_object_discovery_folders_in_one_sentence(tmp_path, capsy
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "object-discovery cells" in err and "slotlib status" in err and not (tmp_path / "report.html").exists()
+
+
+def test_grid_axes_of_a_list_of_products(tmp_path):
+    (tmp_path / report.GRID_COPY).write_text(yaml.safe_dump(
+        {"grid": [{"head": ["scouter", "linear"]}, {"head": ["scouter"], "lambda_area": [0.0]}], "seeds": [0, 1]}))
+    assert report.grid_axes(tmp_path) == ["head", "lambda_area", "seed"]
+
+
+def test_axis_labels_name_null_and_whole_numbers_as_written():
+    assert [report.axis_label(v) for v in (None, float("nan"), 32.0, 0.05, "scouter", True)] == [
+        "null", "null", "32", "0.05", "scouter", "True"]
