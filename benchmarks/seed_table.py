@@ -1,0 +1,58 @@
+"""A Markdown table of a grid folder's cells, seeds pooled: mean and sd of best validation and
+test accuracy, collapsed or failed cells, wall time and parameters.
+
+    .venv/bin/python benchmarks/seed_table.py outputs/head_check
+
+Cells are grouped by their id without the seed and hash (``scouter_os32_seed1-25371c87`` ->
+``scouter_os32``), in the order of the grid folder's ``grid.yaml`` when it is there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+
+def pct(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = 100 * statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def main(root: str) -> None:
+    groups: dict[str, list[dict]] = {}
+    for cell in sorted(Path(root).iterdir(), key=lambda p: p.stat().st_mtime):
+        path = cell / "metrics.json"
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        name = re.sub(r"_?seed\d+$", "", cell.name.rsplit("-", 1)[0]) or "base"
+        seed = re.search(r"seed(\d+)", cell.name)
+        metrics["seed"] = int(seed.group(1)) if seed else None
+        groups.setdefault(name, []).append(metrics)
+    print("| cells | seeds | best val acc (%) | test acc (%) | collapsed / failed | wall (min, median) | parameters |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, cells in groups.items():
+        done = [m for m in cells if m.get("status") == "done"]
+        val = [m["best_val_acc"] for m in cells if m.get("best_val_acc") is not None]
+        test = [m["test_acc"] for m in done if m.get("test_acc") is not None]
+        collapsed = sum(1 for m in cells if m.get("collapse"))
+        failed = sum(1 for m in cells if m.get("status") == "failed")
+        walls = [m["wall_seconds"] / 60 for m in cells if m.get("wall_seconds")]
+        seeds = ", ".join(str(m["seed"]) for m in sorted(cells, key=lambda m: m["seed"] or 0))
+        n_params = cells[0].get("n_params")
+        print(f"| {name} | {seeds} | {pct(val)} | {pct(test)} | {collapsed} / {failed} | "
+              f"{statistics.median(walls):.1f} | {n_params:,} |" if walls and n_params else
+              f"| {name} | {seeds} | {pct(val)} | {pct(test)} | {collapsed} / {failed} | – | – |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])
