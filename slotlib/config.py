@@ -444,6 +444,11 @@ class Cell:
     config: Config | DiscoveryConfig
 
 
+def grid_products(grid: Any) -> list:
+    """A parameters file's ``grid:`` as a list of Cartesian products: a mapping is one, a list is several."""
+    return grid if isinstance(grid, list) else [grid]
+
+
 @dataclass(frozen=True)
 class ParamsFile:
     path: str
@@ -463,7 +468,7 @@ class ParamsFile:
     @property
     def products(self) -> list[dict[str, list]]:
         """The grid as a list of Cartesian products (one for a mapping)."""
-        return self.grid if isinstance(self.grid, list) else [self.grid]
+        return grid_products(self.grid)
 
     def cells(self) -> list[Cell]:
         """The Cartesian product of the grid (of each product in turn, for a list) times the seeds, in file order."""
@@ -538,7 +543,7 @@ def parse_params(raw: Any, path: str = "<params>") -> ParamsFile:
     names = config_names(NOTEBOOK_CONFIGS[notebook])
     if not isinstance(base, dict):
         raise ConfigError(f"'base' in {path} must be a mapping of parameter names to values")
-    products = grid if isinstance(grid, list) else [grid]
+    products = grid_products(grid)
     if not products or not all(isinstance(g, dict) for g in products):
         raise ConfigError(f"'grid' in {path} must be a mapping of parameter names to lists of values, or a "
                           f"non-empty list of such mappings")

@@ -136,12 +136,12 @@ def output_stride_for(cfg: ModelConfig, image_size: int | None) -> int | None:
     stride-32 backbone: 16, a 4 x 4 map instead of 2 x 2). Dilation keeps the pretrained weights and the
     parameter count; it costs compute in the dilated stages.
     """
-    if cfg.feature_stride is not None:
-        return None
+    if cfg.feature_stride is not None or (cfg.output_stride is None and image_size is None):
+        return None   # nothing to decide: no model is built to look up the backbone's stride
     native = _strides(cfg.backbone)[-1]
     if cfg.output_stride is not None:
         return cfg.output_stride if cfg.output_stride != native else None
-    if image_size is None or image_size // native >= MIN_TOKENS:
+    if image_size // native >= MIN_TOKENS:
         return None
     smaller = [s for s in (16, 8) if s < native]
     if not smaller:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import grid_products
 from .grid import GRID_COPY, NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
@@ -29,8 +30,7 @@ def grid_axes(runs_dir: str | os.PathLike) -> list[str]:
     if not path.exists():
         return []
     raw = yaml.safe_load(path.read_text()) or {}
-    grid = raw.get("grid") or {}
-    products = grid if isinstance(grid, list) else [grid]       # a list of products: their axes, in order
+    products = grid_products(raw.get("grid") or {})             # a list of products: their axes, in order
     axes = list(dict.fromkeys(name for product in products for name in product))
     return axes + (["seed"] if raw.get("seeds") else [])
 

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from .config import LOCAL_ONLY, Config, ConfigError
 from .grid import read_metrics
-from .losses import (COLLAPSE_SPREAD, SATURATED_SHARE, HeadCollapseError, NonFiniteLossError, logit_spread,
-                     saturated_share, slot_classification_loss)
+from .losses import (COLLAPSE_SPREAD, SATURATED_SHARE, SATURATION_MARGIN, HeadCollapseError, NonFiniteLossError,
+                     logit_spread, saturated_share, slot_classification_loss)
 from .model import SlotClassifier
 from .runfiles import _UMASK, resolve_device, save_torch_atomic, write_atomic, write_csv, write_json  # noqa: F401 (re-exported)
 
@@ -385,7 +385,7 @@ def collapse_of(exp: Experiment, plan: StagePlan, epoch: int, result: EpochResul
     elif result.saturated_min is not None and result.saturated_min > SATURATED_SHARE:
         kind = "saturated_attention"
         what = (f"its attention was saturated on every training batch (at least {result.saturated_min:.1%} of the "
-                f"weights within 0.01 of 0 or 1, where the sigmoid passes no gradient)")
+                f"weights within {SATURATION_MARGIN:g} of 0 or 1, where the sigmoid passes no gradient)")
     else:
         return None
     if model.head == "scouter" and model.scouter_norm == "scouter":
