@@ -394,7 +394,7 @@ def collapse_of(exp: Experiment, plan: StagePlan, epoch: int, result: EpochResul
         advice = "set slot_score: per_class"
     else:
         advice = (f"lower {plan.name}_lr" + (" or lambda_area" if model.head == "scouter" else "")
-                  + ", or attend over a larger token map (feature_stride, image_size)")
+                  + ", or attend over a larger token map (output_stride: null or 16, or a larger image_size)")
     message = f"the {model.head} head collapsed in {plan.name}, epoch {epoch}: {what}; {advice}"
     return HeadCollapseError(message, {"stage": plan.index, "epoch": epoch, "kind": kind, "message": message})
 
