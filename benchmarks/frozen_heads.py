@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from slotlib.config import Config, parse_set
-from slotlib.data import load_eurosat, normalization
-from slotlib.losses import slot_classification_loss
-from slotlib.model import SlotClassifier
+from slotlib.data.eurosat import load_eurosat
+from slotlib.data.transforms import normalization
+from slotlib.classify.losses import slot_classification_loss
+from slotlib.classify.model import SlotClassifier
 
 
 def features(args) -> tuple[torch.Tensor, torch.Tensor]:

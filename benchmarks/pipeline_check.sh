@@ -16,7 +16,7 @@ done
 .venv/bin/python - "$out" <<'PY'
 import json, statistics, sys
 from pathlib import Path
-from slotlib.plots import compare_curves
+from slotlib.classify.plots import compare_curves
 out = Path(sys.argv[1])
 runs = {d.name: d for d in sorted(out.iterdir()) if (d / "history.csv").exists()}
 compare_curves(runs).savefig("benchmarks/pipeline_check.png", dpi=110)

@@ -37,9 +37,9 @@ def describe(params_path: str, overrides: dict | None = None) -> dict:
     pf = load_with_overrides(params_path, overrides)
     # Imports torch (and timm for the classifier): only for commands that need them.
     if pf.notebook == "object_discovery.ipynb":
-        from .discovery import count_parameters
+        from .discover.model import count_parameters
     else:
-        from .model import count_parameters
+        from .classify.model import count_parameters
 
     cells = pf.cells()
     base = pf.base_config
@@ -52,7 +52,7 @@ def describe(params_path: str, overrides: dict | None = None) -> dict:
 
 def train(params_path: str, out_dir: str, overrides: dict, cell: str | None, progress: bool) -> dict:
     """One run in-process: the same code path as notebooks/train.ipynb."""
-    from .train import train as run
+    from .classify.fit import train as run
 
     cells = load_with_overrides(params_path, overrides).cells()
     if cell is not None:
@@ -69,8 +69,8 @@ def train(params_path: str, out_dir: str, overrides: dict, cell: str | None, pro
 
 
 def bench(args: argparse.Namespace) -> dict:
-    """Throughput of the reference and the fast data path for one model (see slotlib/bench.py)."""
-    from .bench import bench as run
+    """Throughput of the reference and the fast data path for one model (see slotlib/classify/bench.py)."""
+    from .classify.bench import bench as run
 
     overrides = parse_set(args.overrides)
     heads, batch_sizes = tuple(dict.fromkeys(args.head or ())), tuple(dict.fromkeys(args.batch_size or ()))
@@ -103,7 +103,7 @@ def bench(args: argparse.Namespace) -> dict:
 
 def progress_line(result: dict) -> None:
     """Each bench run's line on stderr as it finishes: a long benchmark shows where it is."""
-    from .bench import format_result
+    from .classify.bench_format import format_result
     print(format_result(result), file=sys.stderr, flush=True)
 
 
@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "describe":
             print(json.dumps(describe(args.params, parse_set(args.overrides)), indent=2))
         elif args.command == "train":
-            from .losses import HeadCollapseError, NonFiniteLossError
+            from .classify.losses import HeadCollapseError
+            from .runtime import NonFiniteLossError
             try:
                 metrics = train(args.params, args.out, parse_set(args.overrides), args.cell, not args.no_progress)
             except (NonFiniteLossError, HeadCollapseError) as err:  # recorded in metrics.json as failed
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({k: metrics.get(k) for k in ("status", "best_val_acc", "best_stage", "best_epoch",
                                                           "test_acc", "wall_seconds")}))
         elif args.command == "grid":
-            from .grid import run_grid
+            from .runs.grid import run_grid
             devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
             final = run_grid(args.params, args.out, jobs=args.jobs, devices=devices, retry_failed=args.retry_failed,
                              dry_run=args.dry_run, notebook=args.notebook)
@@ -191,17 +192,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                       + (f", {len(failed)} failed (rerun with --retry-failed)" if failed else ""))
             return 1 if failed else 0
         elif args.command == "status":
-            from .grid import format_status, status_rows
+            from .runs.grid import format_status, status_rows
             if not os.path.isdir(args.dir):
                 raise ConfigError(f"grid folder {args.dir!r} does not exist")
             print(format_status(status_rows(args.dir)))
         elif args.command == "report":
-            from .report import render
+            from .runs.report import render
             if not os.path.isdir(args.dir):
                 raise ConfigError(f"grid folder {args.dir!r} does not exist")
             print(f"report: {render(args.dir)}")
         elif args.command == "bench":
-            from .bench import format_bench
+            from .classify.bench_format import format_bench
             result = bench(args)
             print(json.dumps(result, indent=2) if args.json else format_bench(result))
     except KeyboardInterrupt:

@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from slotlib import bench as benchmark
+from slotlib.classify import bench as benchmark
+from slotlib.classify.bench_format import format_bench
+from slotlib.classify.bench_reference import JpegTiles, reference_transform
 from slotlib.cli import main
 from slotlib.config import Config
 
@@ -25,15 +27,15 @@ def test_bench_times_every_pipeline(tiny_root, isolated_cache):
     assert (reference["data_source"], loader["data_source"], fast["data_source"]) == ("jpeg", "cache", "device")
     assert reference["precision"] == "fp32"
     assert result["speedup"] == pytest.approx(fast["images_per_second"] / reference["images_per_second"])
-    assert "x ref" in benchmark.format_bench(result)
+    assert "x ref" in format_bench(result)
 
 
 def test_reference_dataset_falls_back_to_the_cache_without_jpegs(tiny_root, isolated_cache, tmp_path):
     import dataclasses
 
-    from slotlib.data import load_eurosat
+    from slotlib.data.eurosat import load_eurosat
     ds = dataclasses.replace(load_eurosat(str(tiny_root)), root=tmp_path)  # no JPEGs there
-    tiles = benchmark.JpegTiles(ds, [0, 1], benchmark.reference_transform(32, (0, 0, 0), (1, 1, 1)))
+    tiles = JpegTiles(ds, [0, 1], reference_transform(32, (0, 0, 0), (1, 1, 1)))
     image, label = tiles[1]
     assert tiles.source == "cache" and image.shape == (3, 32, 32) and label == int(ds.labels[1])
 
@@ -56,7 +58,7 @@ def test_bench_times_every_head_and_batch_size_in_one_process(tiny_root, isolate
     combos = [(r["head"], r["batch_size"], r["pipeline"]) for r in result["results"]]
     assert combos == [(h, b, p) for h in ("scouter", "slot") for b in (4, 8) for p in ("reference", "fast")]
     assert set(result["speedups"]) == {"scouter/4", "scouter/8", "slot/4", "slot/8"} and "speedup" not in result
-    text = benchmark.format_bench(result)
+    text = format_bench(result)
     assert text.count("reference") == 4 and "slot" in text
 
 
@@ -74,7 +76,7 @@ def test_a_failing_run_is_reported_and_the_rest_still_run(tiny_root, isolated_ca
     ok, failed = result["results"]
     assert ok["error"] is None and ok["images_per_second"] > 0
     assert failed["error"].startswith("OutOfMemoryError: CUDA out of memory")
-    assert "FAILED: OutOfMemoryError" in benchmark.format_bench(result)
+    assert "FAILED: OutOfMemoryError" in format_bench(result)
 
 
 def test_peers_wait_for_each_other(tmp_path):
@@ -96,4 +98,4 @@ def test_profile_lists_the_operators_that_cost_most(tiny_root, isolated_cache):
     prof = result["results"][0]["profile"]
     assert prof["steps"] == 2 and prof["clock"] == "cpu" and 0 < len(prof["top"]) <= 15
     assert prof["top"][0]["self_ms"] >= prof["top"][-1]["self_ms"] > 0
-    assert "operators that took most" in benchmark.format_bench(result)
+    assert "operators that took most" in format_bench(result)

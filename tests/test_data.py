@@ -18,18 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from slotlib import data
-from slotlib.data import (
-    EUROSAT_CLASSES,
-    build_transforms,
-    default_data_root,
-    find_eurosat,
-    load_eurosat,
-    locate_or_download,
-    make_loaders,
-    normalization,
-    split_indices,
-)
+from slotlib.data import cache
+from slotlib.data.eurosat import EUROSAT_CLASSES, EuroSAT, default_data_root, find_eurosat, load_eurosat, locate_or_download
+from slotlib.data.splits import split_indices
+from slotlib.data.transforms import build_transforms, make_loaders, normalization, seed_worker
 
 FAKE_INDICES = (1, 2, 10)  # 10 after 2 checks the natural sort
 
@@ -67,7 +59,7 @@ def cache_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fake_ds(fake_root: Path, cache_dir: Path) -> data.EuroSAT:
+def fake_ds(fake_root: Path, cache_dir: Path) -> EuroSAT:
     return load_eurosat(fake_root, download=False, cache_dir=cache_dir)
 
 
@@ -120,7 +112,7 @@ def test_missing_data_without_download(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- loading + cache
 
 
-def test_load_shapes_order_and_pixels(fake_ds: data.EuroSAT, fake_root: Path) -> None:
+def test_load_shapes_order_and_pixels(fake_ds: EuroSAT, fake_root: Path) -> None:
     n = len(EUROSAT_CLASSES) * len(FAKE_INDICES)
     assert fake_ds.images.shape == (n, 64, 64, 3) and fake_ds.images.dtype == np.uint8
     assert fake_ds.labels.shape == (n,) and fake_ds.labels.dtype == np.int64
@@ -135,12 +127,12 @@ def test_load_shapes_order_and_pixels(fake_ds: data.EuroSAT, fake_root: Path) ->
 
 
 def test_second_load_hits_cache(
-    fake_ds: data.EuroSAT, fake_root: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    fake_ds: EuroSAT, fake_root: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_decoding(path: object) -> np.ndarray:
         raise AssertionError(f"decoded {path} although the cache was warm")
 
-    monkeypatch.setattr(data, "decode_tile", no_decoding)
+    monkeypatch.setattr(cache, "decode_tile", no_decoding)
     again = load_eurosat(fake_root, download=False, cache_dir=cache_dir)
     assert again.fingerprint == fake_ds.fingerprint
     assert again.paths == fake_ds.paths
@@ -167,7 +159,7 @@ def test_cache_dir_defaults_to_env(
 
 
 def test_fingerprint_changes_when_a_file_is_added(
-    fake_ds: data.EuroSAT, fake_root: Path, cache_dir: Path
+    fake_ds: EuroSAT, fake_root: Path, cache_dir: Path
 ) -> None:
     write_tile(fake_ds.root / "Forest" / "Forest_11.jpg", np.random.default_rng(1))
     grown = load_eurosat(fake_root, download=False, cache_dir=cache_dir)
@@ -222,14 +214,14 @@ def assert_partition(splits: dict[str, np.ndarray]) -> None:
     assert len(joined) == len(np.unique(joined))  # pairwise disjoint
 
 
-def test_random_split_partition_and_sizes(fake_ds: data.EuroSAT) -> None:
+def test_random_split_partition_and_sizes(fake_ds: EuroSAT) -> None:
     splits = split_indices(fake_ds, "random", split_fractions=(0.5, 0.3, 0.2))
     assert_partition(splits)
     assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(len(fake_ds)))
     assert [len(splits[k]) for k in ("train", "val", "test")] == [15, 9, 6]
 
 
-def test_random_split_depends_only_on_seed(fake_ds: data.EuroSAT) -> None:
+def test_random_split_depends_only_on_seed(fake_ds: EuroSAT) -> None:
     a = split_indices(fake_ds, split_seed=7)
     b = split_indices(fake_ds, split_seed=7)
     c = split_indices(fake_ds, split_seed=8)
@@ -240,7 +232,7 @@ def test_random_split_depends_only_on_seed(fake_ds: data.EuroSAT) -> None:
 @pytest.mark.parametrize(
     "fractions", [(0.7, 0.3), (0.7, 0.2, 0.2), (1.0, 0.0, 0.0), (0.8, -0.1, 0.3)]
 )
-def test_random_split_rejects_bad_fractions(fake_ds: data.EuroSAT, fractions: tuple) -> None:
+def test_random_split_rejects_bad_fractions(fake_ds: EuroSAT, fractions: tuple) -> None:
     with pytest.raises(ValueError, match="split_fractions"):
         split_indices(fake_ds, split_fractions=fractions)
 
@@ -280,7 +272,7 @@ def write_torchgeo_lists(folder: Path, overlap: bool = False) -> Path:
     return folder
 
 
-def assert_matches_file_split(ds: data.EuroSAT, splits: dict[str, np.ndarray]) -> None:
+def assert_matches_file_split(ds: EuroSAT, splits: dict[str, np.ndarray]) -> None:
     assert_partition(splits)
     for name, wanted in FILE_SPLIT.items():
         got = {int(Path(ds.paths[i]).stem.rsplit("_", 1)[1]) for i in splits[name]}
@@ -288,13 +280,13 @@ def assert_matches_file_split(ds: data.EuroSAT, splits: dict[str, np.ndarray]) -
         assert len(splits[name]) == len(EUROSAT_CLASSES) * len(wanted)
 
 
-def test_coop_json_split(fake_ds: data.EuroSAT, tmp_path: Path) -> None:
+def test_coop_json_split(fake_ds: EuroSAT, tmp_path: Path) -> None:
     splits = split_indices(fake_ds, str(write_coop_json(tmp_path / "split.json")))
     assert_matches_file_split(fake_ds, splits)
 
 
 @pytest.mark.parametrize("form", ["folder", "one file", "prefix"])
-def test_torchgeo_split(fake_ds: data.EuroSAT, tmp_path: Path, form: str) -> None:
+def test_torchgeo_split(fake_ds: EuroSAT, tmp_path: Path, form: str) -> None:
     folder = write_torchgeo_lists(tmp_path / "torchgeo")
     spec = {
         "folder": folder,
@@ -311,19 +303,19 @@ def test_split_file_drops_tiles_not_in_dataset(fake_root: Path, cache_dir: Path,
     assert [len(splits[k]) for k in ("train", "val", "test")] == [10, 10, 0]
 
 
-def test_overlapping_split_files_are_rejected(fake_ds: data.EuroSAT, tmp_path: Path) -> None:
+def test_overlapping_split_files_are_rejected(fake_ds: EuroSAT, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="AnnualCrop_1.jpg"):
         split_indices(fake_ds, write_coop_json(tmp_path / "split.json", overlap=True))
     with pytest.raises(ValueError, match="Forest_1.jpg"):
         split_indices(fake_ds, write_torchgeo_lists(tmp_path / "tg", overlap=True))
 
 
-def test_json_label_must_match_folder(fake_ds: data.EuroSAT, tmp_path: Path) -> None:
+def test_json_label_must_match_folder(fake_ds: EuroSAT, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="AnnualCrop_2.jpg"):
         split_indices(fake_ds, write_coop_json(tmp_path / "split.json", wrong_label=True))
 
 
-def test_missing_split_files(fake_ds: data.EuroSAT, tmp_path: Path) -> None:
+def test_missing_split_files(fake_ds: EuroSAT, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.json"):
         split_indices(fake_ds, tmp_path / "nope.json")
     folder = write_torchgeo_lists(tmp_path / "tg")
@@ -371,7 +363,7 @@ def first_epoch(loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torc
     return torch.cat(xs), torch.cat(ys)
 
 
-def test_train_order_reproducible(fake_ds: data.EuroSAT) -> None:
+def test_train_order_reproducible(fake_ds: EuroSAT) -> None:
     splits = split_indices(fake_ds)
 
     def build(seed: int) -> dict[str, torch.utils.data.DataLoader]:
@@ -390,12 +382,12 @@ def test_train_order_reproducible(fake_ds: data.EuroSAT) -> None:
     assert yv.tolist() == fake_ds.labels[splits["val"]].tolist()
 
 
-def test_loaders_with_workers(fake_ds: data.EuroSAT) -> None:
+def test_loaders_with_workers(fake_ds: EuroSAT) -> None:
     loaders = make_loaders(fake_ds, split_indices(fake_ds), image_size=32, batch_size=8,
                            mean=(0.5,) * 3, std=(0.5,) * 3, num_workers=1, seed=0,
                            drop_last_train=True)
     train = loaders["train"]
-    assert train.persistent_workers and train.worker_init_fn is data.seed_worker
+    assert train.persistent_workers and train.worker_init_fn is seed_worker
     x, y = first_epoch(train)
     assert x.shape[0] == 16 and y.dtype == torch.int64  # 21 train tiles, drop_last
 
@@ -418,20 +410,20 @@ def real_root() -> Path:
 
 
 @pytest.fixture(scope="module")
-def real_ds(real_root: Path) -> data.EuroSAT:
+def real_ds(real_root: Path) -> EuroSAT:
     # Default cache location on purpose: only the first run decodes 27k JPEGs.
     return load_eurosat(real_root, download=False)
 
 
 @pytest.mark.data
-def test_real_eurosat_counts(real_ds: data.EuroSAT) -> None:
+def test_real_eurosat_counts(real_ds: EuroSAT) -> None:
     assert real_ds.images.shape == (27000, 64, 64, 3)
     counts = np.bincount(real_ds.labels, minlength=10)
     assert dict(zip(real_ds.classes, counts.tolist())) == REAL_COUNTS
 
 
 @pytest.mark.data
-def test_real_random_split(real_ds: data.EuroSAT) -> None:
+def test_real_random_split(real_ds: EuroSAT) -> None:
     splits = split_indices(real_ds, "random", split_seed=42)
     assert_partition(splits)
     assert [len(splits[k]) for k in ("train", "val", "test")] == [18900, 4050, 4050]
@@ -446,7 +438,7 @@ def test_real_random_split(real_ds: data.EuroSAT) -> None:
     ],
 )
 def test_real_shipped_splits(
-    real_ds: data.EuroSAT, real_root: Path, relpath: str, sizes: list[int]
+    real_ds: EuroSAT, real_root: Path, relpath: str, sizes: list[int]
 ) -> None:
     splits = split_indices(real_ds, real_root / relpath)
     assert_partition(splits)

@@ -6,8 +6,8 @@ import torch
 from scipy.stats import ks_2samp
 from torchvision.transforms import v2
 
-from slotlib import device_data as dd
-from slotlib.data import build_transforms
+from slotlib.data import device as dd
+from slotlib.data.transforms import build_transforms
 
 N = 1500  # samples per distribution comparison: KS statistics below 0.08 mean "same distribution" here
 

@@ -12,10 +12,12 @@ import torch
 import yaml
 from sklearn.metrics import adjusted_rand_score
 
-from slotlib import discovery
+from slotlib.discover import fit as discovery
+from slotlib.discover.metrics import evaluate as discovery_evaluate
 from slotlib.config import ConfigError, DiscoveryConfig, Config, from_namespace, parse_params
-from slotlib.discovery import SlotAutoEncoder, adjusted_rand_index, compose, fg_ari, posterior_masks
-from slotlib.slot_attention import GaussianSlots, SlotAttention
+from slotlib.discover.metrics import adjusted_rand_index, fg_ari
+from slotlib.discover.model import SlotAutoEncoder, compose, posterior_masks
+from slotlib.layers.slot_attention import GaussianSlots, SlotAttention
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -206,7 +208,7 @@ def test_few_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
     torch.manual_seed(cfg.seed)
     untrained = SlotAutoEncoder.from_config(cfg)          # the model fit starts from (same seed)
     splits = discovery.make_splits(cfg)
-    before = discovery.evaluate(untrained, splits.test)["mse"]
+    before = discovery_evaluate(untrained, splits.test)["mse"]
     run = discovery.fit(cfg, tmp_path, splits=splits, progress=False)
     assert run.metrics["status"] == "done" and run.metrics["steps_done"] == 30
     assert run.metrics["test_mse"] < 0.5 * before
@@ -251,7 +253,7 @@ def test_params_file_names_its_notebook():
 
 
 def test_notebook_parameters_are_the_config_defaults():
-    from slotlib.grid import NOTEBOOKS
+    from slotlib.runs.grid import NOTEBOOKS
 
     nb = nbformat.read(NOTEBOOKS / "object_discovery.ipynb", as_version=4)
     cell = nb.cells[1]
@@ -272,7 +274,7 @@ def test_notebook_parameters_are_the_config_defaults():
 
 def test_describe_dry_run_and_status(tmp_path, capsys):
     from slotlib.cli import main
-    from slotlib.grid import format_status, status_rows
+    from slotlib.runs.grid import format_status, status_rows
 
     path = tmp_path / "d.yaml"
     path.write_text(yaml.safe_dump({"notebook": "object_discovery.ipynb", "base": {"steps": 100},
@@ -291,7 +293,7 @@ def test_describe_dry_run_and_status(tmp_path, capsys):
 
 def test_notebook_runs_through_grid(tmp_path):
     """Tiny settings, black comparison included; the executed notebook keeps its own name in the cell folder."""
-    from slotlib.grid import format_status, run_grid, status_rows
+    from slotlib.runs.grid import format_status, run_grid, status_rows
 
     base = {"train_scenes": 48, "val_scenes": 8, "test_scenes": 8, "batch_size": 8, "steps": 6, "warmup_steps": 2,
             "eval_every": 3, "black_steps": 3, "eval_masks": "posterior", "device": "cpu", "num_threads": 1, **TINY}
@@ -329,7 +331,7 @@ def test_target_fg_ari_on_cpu(tmp_path):
 
 
 def test_grid_progress_line_names_both_readouts():
-    from slotlib.grid import done_detail
+    from slotlib.runs.grid import done_detail
 
     line = done_detail({"kind": "discovery", "params": {"eval_masks": "posterior"}, "fg_ari": 0.93,
                         "fg_ari_alpha": 0.85, "fg_ari_posterior": 0.93, "test_mse": 0.0124})

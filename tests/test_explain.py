@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from slotlib import explain
-from slotlib import train as training
+from slotlib.classify import attention_plots, explain
+from slotlib.classify import fit as training
 from slotlib.config import Config
-from slotlib.grid import NOTEBOOKS, execute_notebook
+from slotlib.runs.grid import NOTEBOOKS, execute_notebook
 
 
 def region_model(region):
@@ -59,15 +59,15 @@ def test_open_run_predictions_and_figures(tiny_run, isolated_cache):
     pred = explain.predict_split(exp, "test")
     assert pred.slots.shape[1] == 20 and pred.classes.shape[1] == 10
     assert (pred.labels == pred.preds).mean() == pytest.approx(metrics["test_acc"])  # the best weights, again
-    for fig in (explain.plot_tiles(pred, exp.class_names, n=3), explain.plot_mean_attention(pred, exp.class_names),
-                explain.plot_correct_and_wrong(pred, exp.class_names, n=2)):
+    for fig in (attention_plots.plot_tiles(pred, exp.class_names, n=3), attention_plots.plot_mean_attention(pred, exp.class_names),
+                attention_plots.plot_correct_and_wrong(pred, exp.class_names, n=2)):
         assert fig.axes
 
 
 def test_explorer_updates_on_every_control(tiny_run, isolated_cache):
     out, _ = tiny_run
     pred = explain.predict_split(explain.open_run(out), "test")
-    box = explain.explorer(pred, [f"c{k}" for k in range(10)])
+    box = attention_plots.explorer(pred, [f"c{k}" for k in range(10)])
     (cls, only_wrong), (tile, slot), output = box.children[0].children, box.children[1].children, box.children[2]
     assert tile.max == len(pred.labels) - 1
     cls.value = int(pred.labels[0])

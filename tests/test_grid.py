@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from slotlib.cli import main
-from slotlib.grid import device_slots, format_status, run_grid, status_rows
+from slotlib.runs.grid import device_slots, format_status, run_grid, status_rows
 
 
 def grid_file(tmp_path, root, grid, **base) -> Path:

@@ -8,8 +8,8 @@ import timm
 import torch
 
 from slotlib.config import Config, ConfigError
-from slotlib.losses import area_loss, slot_classification_loss
-from slotlib.model import SlotClassifier, sine_position_encoding
+from slotlib.classify.losses import area_loss, slot_classification_loss
+from slotlib.classify.model import SlotClassifier, sine_position_encoding
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights/mobilenetv2_100.tv_in1k_qnnpack_dequant.pth"
 PX = 64
@@ -271,7 +271,7 @@ def test_looking_up_feature_strides_leaves_the_global_rng_alone():
     """The strides are looked up once per process (cached); that first lookup must not consume random
     numbers, or a run resumed in a new process would initialise its head differently (found by
     test_resume_after_sigkill_matches_an_uninterrupted_run)."""
-    from slotlib import model as model_module
+    from slotlib.classify import backbone as model_module
 
     model_module._strides.cache_clear()
     before = torch.get_rng_state()

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from slotlib.config import DEFAULTS, ConfigError, from_namespace
-from slotlib.grid import NOTEBOOKS, execute_notebook
+from slotlib.runs.grid import NOTEBOOKS, execute_notebook
 
 NOTEBOOK_FILES = sorted(NOTEBOOKS.glob("*.ipynb"))
 

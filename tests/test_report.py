@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from slotlib import report
+from slotlib.runs import report
 from slotlib.cli import main
 
 CLASSES = ["A", "B"]
@@ -61,7 +61,7 @@ def test_report_of_missing_folder_exits_2(tmp_path, capsys):
 
 
 def test_compare_curves_colours_by_group_and_styles_by_seed(grid_dir):
-    from slotlib.plots import compare_curves
+    from slotlib.classify.plots import compare_curves
 
     runs = {"scouter_seed0": grid_dir / "scouter_seed0-aa", "scouter_seed1": grid_dir / "scouter_seed1-bb",
             "linear_seed0": grid_dir / "linear_seed0-cc"}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from slotlib.config import ConfigError
-from slotlib.scenes import GREY, MAX_OBJECTS, MIN_OBJECTS, make_scenes
+from slotlib.data.scenes import GREY, MAX_OBJECTS, MIN_OBJECTS, make_scenes
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_two_to_five_visible_objects(scenes):
 
 def test_occlusion_present(scenes):
     """Objects are partly covered by later ones: fewer visible pixels than their own drawing has."""
-    from slotlib.scenes import _shape_masks
+    from slotlib.data.scenes import _shape_masks
 
     own = _shape_masks(scenes.objects, 32).sum((2, 3))                              # [N,K] before occlusion
     visible = (scenes.masks[:, None] == np.arange(1, MAX_OBJECTS + 1)[None, :, None, None]).sum((2, 3))  # [N,K]

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from slotlib.slot_attention import (GaussianSlots, LinearHead, ScouterSlotAttention, SlotAttention,
-                                    SlotClassifierHead)
+from slotlib.classify.heads import LinearHead, SlotClassifierHead
+from slotlib.layers.slot_attention import GaussianSlots, ScouterSlotAttention, SlotAttention
 
 B, N, D, K = 3, 7, 16, 4
 

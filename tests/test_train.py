@@ -13,9 +13,13 @@ import pytest
 import torch
 import yaml
 
-from slotlib import train as training
+from slotlib.classify import fit as training
+from slotlib.classify import steps
+from slotlib.classify.steps import EpochResult, StagePlan, collapse_of
+from slotlib.runs import files as runfiles
 from slotlib.config import Config, ConfigError
-from slotlib.losses import HeadCollapseError, NonFiniteLossError
+from slotlib.classify.losses import HeadCollapseError
+from slotlib.runtime import NonFiniteLossError
 
 METRIC_KEYS = {"status", "cell_id", "params", "best_val_acc", "best_stage", "best_epoch", "stage1_best_val_acc",
                "test_acc", "test_loss", "per_class_test_acc", "n_params", "wall_seconds", "train_images_per_second",
@@ -80,7 +84,7 @@ def test_the_run_learns(run, head):
 
 def test_a_collapsed_head_fails_the_run_and_says_so(run, tmp_path, monkeypatch):
     """Equal logits for a whole epoch: history.csv shows it, metrics.json records it, one sentence says what to change."""
-    from slotlib.model import SlotClassifier
+    from slotlib.classify.model import SlotClassifier
 
     real = SlotClassifier.from_features
 
@@ -107,15 +111,15 @@ def test_a_collapsed_head_fails_the_run_and_says_so(run, tmp_path, monkeypatch):
 ])
 def test_saturated_attention_is_a_collapse(params, kind, advice):
     exp = type("Exp", (), {"config": Config.from_params(params)})()
-    plan = training.StagePlan(2, 5, 1e-4, False)
-    result = training.EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, saturated_mean=0.998,
+    plan = StagePlan(2, 5, 1e-4, False)
+    result = EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, saturated_mean=0.998,
                                   saturated_min=0.995)
-    err = training.collapse_of(exp, plan, 3, result)
+    err = collapse_of(exp, plan, 3, result)
     assert err.info["kind"] == kind and err.info["stage"] == 2 and err.info["epoch"] == 3
     assert "stage2, epoch 3" in str(err) and advice in str(err) and "\n" not in str(err)
-    healthy = training.EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, saturated_mean=0.4,
+    healthy = EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, saturated_mean=0.4,
                                    saturated_min=0.2)
-    assert training.collapse_of(exp, plan, 3, healthy) is None
+    assert collapse_of(exp, plan, 3, healthy) is None
 
 
 def test_stage1_freezes_the_backbone_and_its_batchnorm(tiny_root, isolated_cache, tmp_path):
@@ -177,7 +181,7 @@ def test_stage1_zero_trains_from_scratch_in_one_stage(run, tmp_path):
 
 
 def test_nan_loss_stops_the_run_and_is_recorded(run, tmp_path, monkeypatch):
-    real = training.slot_classification_loss
+    real = steps.slot_classification_loss
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -185,7 +189,7 @@ def test_nan_loss_stops_the_run_and_is_recorded(run, tmp_path, monkeypatch):
         calls.append(1)
         return (loss * float("nan"), parts) if len(calls) == 3 else (loss, parts)
 
-    monkeypatch.setattr(training, "slot_classification_loss", poisoned)
+    monkeypatch.setattr(steps, "slot_classification_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match="stage1, epoch 1, batch 3"):
         run()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -199,7 +203,7 @@ def test_bad_split_fails_before_anything_is_written(run, tmp_path):
 
 
 def test_missing_data_is_a_clear_error(tmp_path, isolated_cache, monkeypatch):
-    from slotlib import data
+    from slotlib.data import eurosat as data
     monkeypatch.setattr(data, "download_eurosat", lambda root: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(FileNotFoundError, match="EUROSAT_ROOT"):
         training.train(Config.from_params(tiny(tmp_path / "empty")), tmp_path / "run", progress=False)
@@ -236,6 +240,6 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_root, isolated_c
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
-    training.write_atomic(tmp_path / "f.txt", "x")
-    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~training._UMASK
+    runfiles.write_atomic(tmp_path / "f.txt", "x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~runfiles._UMASK
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind

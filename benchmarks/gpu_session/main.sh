@@ -12,7 +12,7 @@ stamp() { echo "[$(date +%T)] $*"; }
 stamp unpack
 cat /tmp/d/eurosat.part.aa "$REPO/.gpu/b/eurosat.part.ab" | xz -d -T8 | tar -x -C /tmp/d/data
 find /tmp/d/data/eurosat/2750 -name '*.jpg' | wc -l
-python3 -c "from slotlib.data import load_eurosat; ds = load_eurosat('/tmp/d/data'); print(len(ds.labels), 'tiles, fingerprint', ds.fingerprint)"
+python3 -c "from slotlib.data.eurosat import load_eurosat; ds = load_eurosat('/tmp/d/data'); print(len(ds.labels), 'tiles, fingerprint', ds.fingerprint)"
 stamp smoke
 python3 -m slotlib.cli train $P --cell seed0 --out /tmp/d/runs/smoke --no-progress --set pretrained_file=$W \
   --set per_class_limit=40 --set stage1_epochs=1 --set stage2_epochs=1 --set explain_tiles=20 > $L/smoke.log 2>&1

@@ -12,9 +12,9 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.bac
       "torchvision", torchvision.__version__, "timm", timm.__version__, timm.__file__)
 print("numpy", numpy.__version__, "pandas", pandas.__version__, "pillow", PIL.__version__)
 print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory / 2**30, "GiB")
-import slotlib.model, slotlib.train, slotlib.bench
+import slotlib.classify.model, slotlib.classify.fit, slotlib.classify.bench
 from slotlib.config import Config
-from slotlib.model import SlotClassifier
+from slotlib.classify.model import SlotClassifier
 cfg = Config.from_params({"pretrained": False})
 m = SlotClassifier(cfg.model, 10, pretrained=False).cuda().to(memory_format=torch.channels_last)
 x = torch.randn(8, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)

@@ -2,7 +2,7 @@
 
 EuroSAT is small: 27,000 x 64 x 64 x 3 bytes is 330 MB, so the uint8 cache goes to the device
 once. Each batch is indexed there and augmented there, per sample, with the training transform of
-:func:`slotlib.data.build_transforms` (RandomResizedCrop, horizontal flip, rotation up to 15
+:func:`slotlib.data.transforms.build_transforms` (RandomResizedCrop, horizontal flip, rotation up to 15
 degrees, ColorJitter 0.2/0.2/0.2): crop, flip and rotation are composed into one affine map per
 sample and applied as one bilinear resample straight from the 64 px tile to ``image_size``; the
 colour jitter is elementwise. No per-tile Python, no worker processes, no host-device copy and no
@@ -31,10 +31,20 @@ import torch.nn.functional as F
 
 # torchvision.transforms.v2 defaults, as used by data.build_transforms
 CROP_SCALE = (0.08, 1.0)
+
+
 CROP_RATIO = (3 / 4, 4 / 3)
+
+
 CROP_ATTEMPTS = 10
+
+
 ROTATION_DEG = 15.0
+
+
 JITTER = 0.2                           # brightness, contrast and saturation factors in [0.8, 1.2]
+
+
 GREY = (0.2989, 0.587, 0.114)          # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
 
@@ -160,7 +170,7 @@ def resize(tiles: torch.Tensor, size: int) -> torch.Tensor:
 class DeviceLoader:
     """Batches ``(images [B,3,S,S] float32, labels [B])`` from tiles already on the device.
 
-    A drop-in for the DataLoader of :func:`slotlib.data.make_loaders`: ``len()`` is the number of
+    A drop-in for the DataLoader of :func:`slotlib.data.transforms.make_loaders`: ``len()`` is the number of
     batches and ``generator`` (on the tiles' device) drives the shuffle and every augmentation
     draw, so re-seeding it repeats an epoch.
     """

@@ -12,10 +12,6 @@ import torch
 import torch.nn.functional as F
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf: the run stops, nothing is skipped or re-rolled."""
-
-
 class HeadCollapseError(RuntimeError):
     """A head learned nothing for a whole epoch (equal logits or saturated attention): a failed run, not a result."""
 
@@ -29,7 +25,11 @@ class HeadCollapseError(RuntimeError):
 # for SCOUTER's sigmoid attention, more than SATURATED_SHARE of the weights are saturated (below
 # SATURATION_MARGIN or above 1 - SATURATION_MARGIN, where the sigmoid passes no gradient).
 COLLAPSE_SPREAD = 1e-3
+
+
 SATURATION_MARGIN = 0.01
+
+
 SATURATED_SHARE = 0.99
 
 

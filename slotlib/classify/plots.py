@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..runs.folder import read_history_table
+
 
 def class_counts(exp) -> pd.DataFrame:
     """Tiles per class in each split, with totals."""
@@ -59,7 +61,7 @@ def model_summary(exp) -> pd.DataFrame:
 
 def read_history(run_dir) -> pd.DataFrame:
     """history.csv with a running epoch number across both stages."""
-    history = pd.read_csv(Path(run_dir) / "history.csv")
+    history = read_history_table(run_dir)
     history["step"] = np.arange(1, len(history) + 1)
     return history
 

@@ -28,13 +28,29 @@ from dataclasses import dataclass
 import numpy as np
 
 SIZES = (32, 64)
+
+
 BACKGROUNDS = ("grey", "black")
+
+
 SHAPES = ("square", "circle", "triangle")
+
+
 MIN_OBJECTS, MAX_OBJECTS = 2, 5
+
+
 RADIUS = (0.11, 0.20)      # shape half-extent as a fraction of the image size
+
+
 MIN_VISIBLE = 0.25         # fraction of an object's own pixels that must stay visible
+
+
 GREY, GREY_NOISE = 0.5, 0.03
+
+
 CHUNK = 1000               # scenes composed at once
+
+
 HUE_BINS = 12              # objects of one scene take distinct hue bins, so neighbours differ in colour
 
 
@@ -52,7 +68,7 @@ class Scenes:
 
 
 def _check(size: int, background: str) -> None:
-    from .config import ConfigError  # one error type for every bad parameter
+    from ..config import ConfigError  # one error type for every bad parameter
 
     if size not in SIZES:
         raise ConfigError(f"parameter 'image_size' must be one of {', '.join(map(str, SIZES))}, got {size!r}")

@@ -1,7 +1,7 @@
 """``slotlib bench``: training throughput of the reference data path against the fast one, in one process.
 
 Two pipelines train the same model (same parameters, same initial weights) for N optimiser
-steps after a warm-up, with the training loop's own step function (:func:`slotlib.train.train_step`):
+steps after a warm-up, with the training loop's own step function (:func:`slotlib.classify.steps.train_step`):
 
 ``reference``  the reference code's data path: each tile a PIL image decoded from its JPEG, the
                training transforms on PIL (RandomResizedCrop to ``image_size``, flip, rotation 15,
@@ -10,7 +10,7 @@ steps after a warm-up, with the training loop's own step function (:func:`slotli
                per-tile transforms in a DataLoader (``num_workers`` from the parameters), with
                the fast path's precision and memory format (not timed unless asked for).
 ``fast``       ``pipeline: fast``: the uint8 tiles on the device, augmented there a batch at a
-               time (slotlib.device_data); bf16 autocast on CUDA, channels_last on CUDA and CPU.
+               time (slotlib.data.device); bf16 autocast on CUDA, channels_last on CUDA and CPU.
 ``compiled``   ``fast`` with the model under ``torch.compile`` (``compile: true``).
 
 One process can time several heads and batch sizes (every combination, the data loaded once).
@@ -42,65 +42,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 
-from .config import Config
+from ..config import Config
+from .bench_format import speedups
+from .bench_reference import forever, reference_loader
 
 PIPELINES = ("reference", "fast")
+
+
 CHOICES = ("reference", "loader", "fast", "compiled")
-
-
-class JpegTiles(torch.utils.data.Dataset):
-    """The reference's dataset: ``(transform(PIL image), label)``, decoding the JPEG on every access.
-
-    Falls back to PIL images made from the uint8 cache when the JPEGs are not on this machine
-    (then the decode cost is missing and the reference looks faster than it is; ``source`` says so).
-    """
-
-    def __init__(self, ds, indices: np.ndarray, transform) -> None:
-        self.ds, self.indices, self.transform = ds, np.asarray(indices), transform
-        self.source = "jpeg" if (Path(ds.root) / ds.paths[int(self.indices[0])]).exists() else "cache"
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        j = int(self.indices[i])
-        if self.source == "jpeg":
-            with Image.open(Path(self.ds.root) / self.ds.paths[j]) as f:
-                image = f.convert("RGB")
-        else:
-            image = Image.fromarray(np.asarray(self.ds.images[j]))
-        return self.transform(image), int(self.ds.labels[j])
-
-
-def reference_transform(image_size: int, mean, std):
-    """The reference recipe on PIL images (torchvision.transforms semantics)."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(), v2.RandomRotation(15),
-                       v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2), v2.PILToTensor(),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))])
-
-
-def reference_loader(ds, indices, config: Config, mean, std, workers: int, device: torch.device):
-    dataset = JpegTiles(ds, indices, reference_transform(config.data.image_size, mean, std))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.data.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=workers > 0,
-                                         generator=torch.Generator().manual_seed(config.train.seed))
-    return loader, dataset.source
-
-
-def forever(loader) -> Iterator:
-    """Batches without end, epoch after epoch."""
-    while True:
-        yield from loader
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -135,7 +88,7 @@ class Timer:
 
 def wait_for_peers(ready_dir: str | os.PathLike, peers: int, timeout_s: float = 900.0) -> None:
     """Mark this process ready in ``ready_dir`` and wait until ``peers`` processes have."""
-    from .config import ConfigError
+    from ..config import ConfigError
 
     folder = Path(ready_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,11 +135,12 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
     that took the most device time.
     """
     compile = pipeline == "compiled"
-    from .data import normalization
-    from .device_data import make_device_loaders
+    from ..data.device import make_device_loaders
+    from ..data.transforms import normalization
+    from ..runtime import autocast_dtype, resolve_device
+    from .experiment import Experiment, channels_last, tune_for_device
     from .model import SlotClassifier
-    from .train import (Experiment, StagePlan, autocast_dtype, make_optimizer, resolve_device, set_stage,
-                        channels_last, train_mode, train_step, tune_for_device)
+    from .steps import StagePlan, make_optimizer, set_stage, train_mode, train_step
 
     device = resolve_device(config.train.device)
     cuda = device.type == "cuda"
@@ -205,7 +159,7 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
                                      crop_scale=config.data.crop_scale, dihedral=config.data.dihedral)["train"]
         source = "device"
     elif pipeline == "loader":
-        from .data import make_loaders
+        from ..data.transforms import make_loaders
         loader = make_loaders(ds, {"train": splits["train"]}, image_size=config.data.image_size,
                               batch_size=config.data.batch_size, mean=mean, std=std,
                               num_workers=config.data.num_workers, seed=config.train.seed,
@@ -275,8 +229,9 @@ def bench(config: Config, *, pipelines: tuple[str, ...] = PIPELINES, heads: tupl
 
     ``on_result``, if given, is called with each run's figures as soon as it finishes.
     """
-    from .data import load_eurosat, split_indices
-    from .train import describe_device, resolve_device, versions
+    from ..data.eurosat import load_eurosat
+    from ..data.splits import split_indices
+    from ..runtime import describe_device, resolve_device, versions
 
     dc = config.data
     heads = tuple(heads or (config.model.head,))
@@ -310,53 +265,3 @@ def bench(config: Config, *, pipelines: tuple[str, ...] = PIPELINES, heads: tupl
     if len(heads) == 1 and len(batch_sizes) == 1 and "fast" in out["speedups"].get(f"{heads[0]}/{batch_sizes[0]}", {}):
         out["speedup"] = out["speedups"][f"{heads[0]}/{batch_sizes[0]}"]["fast"]
     return out
-
-
-def speedups(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per 'head/batch size': each pipeline's images/s over the reference's."""
-    out: dict[str, dict[str, float]] = {}
-    for r in results:
-        ref = next((q for q in results if q["pipeline"] == "reference" and q["head"] == r["head"]
-                    and q["batch_size"] == r["batch_size"] and not q.get("error")), None)
-        if ref is not None and r["pipeline"] != "reference" and not r.get("error"):
-            out.setdefault(f"{r['head']}/{r['batch_size']}", {})[r["pipeline"]] = (
-                r["images_per_second"] / ref["images_per_second"])
-    return out
-
-
-def format_bench(result: dict[str, Any]) -> str:
-    lines = [f"{result['backbone']}, {result['image_size']} px, stage {result['stage']}, {result['steps']} steps x "
-             f"{result['repeats']} after {result['warmup']} warm-up, on {result['device']}"
-             + (f", {result['peers']} processes at once" if result.get("peers", 1) > 1 else ""),
-             f"{'head':8s} {'batch':>5s} {'pipeline':10s} {'images/s':>18s} {'x ref':>6s} {'peak MB':>9s}  details"]
-    gains = result.get("speedups", {})
-    for r in result["results"]:
-        lines.append(format_result(r, gains.get(f"{r['head']}/{r['batch_size']}", {}).get(r["pipeline"])))
-    return "\n".join(lines)
-
-
-def format_result(r: dict[str, Any], gain: float | None = None) -> str:
-    """One run's line of the table: head, batch size, pipeline, images/s, ratio to the reference, memory."""
-    where = f"{r['head']:8s} {r['batch_size']:5d} {r['pipeline']:10s}"
-    if r.get("error"):
-        return f"{where} FAILED: {r['error']}"
-    details = f"{r['precision']}, data from {r['data_source']}"
-    if r["workers"]:
-        details += f", {r['workers']} workers"
-    if r["channels_last"]:
-        details += ", channels_last"
-    if r["compile"]:
-        details += ", compiled"
-    if r.get("device_memory_used_mb") is not None:
-        details += f", GPU in use {r['device_memory_used_mb']:.0f} MB"
-    if not r["finite"]:
-        details += ", NON-FINITE LOSS"
-    rate = f"{r['images_per_second']:.1f} +- {r['images_per_second_std']:.1f}"
-    line = f"{where} {rate:>18s} {(f'{gain:.2f}x' if gain else '-'):>6s} {r['peak_memory_mb']:9.0f}  {details}"
-    prof = r.get("profile")
-    if prof:
-        line += (f"\n    profile of {prof['steps']} steps: {prof['total_ms'] / prof['steps']:.2f} ms of {prof['clock']} "
-                 f"time per step; the operators that took most:")
-        line += "".join(f"\n    {op['share']:6.1%} {op['self_ms']:9.2f} ms {op['calls']:6d} calls  {op['name']}"
-                        for op in prof["top"])
-    return line

@@ -7,17 +7,19 @@ file; it never trains. Grids are ranked by validation accuracy; test accuracy st
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import grid_products
+from ..config import grid_products
+from .folder import cell_dirs, read_history_table, read_metrics
 from .grid import GRID_COPY, NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
+
+
 RESULT_COLUMNS = ["best_val_acc", "test_acc", "best_stage", "best_epoch", "n_params", "wall_seconds",
                   "train_images_per_second", "area_size", "deletion_auc", "insertion_auc"]
 
@@ -40,10 +42,12 @@ def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
     runs_dir = Path(runs_dir)
     axes = grid_axes(runs_dir)
     rows = []
-    for path in sorted(runs_dir.glob("*/metrics.json")):
-        m = json.loads(path.read_text())
+    for cell_dir in cell_dirs(runs_dir):
+        m = read_metrics(cell_dir)
+        if m is None:
+            continue
         params = m.get("params", {})
-        rows.append({"cell": path.parent.name, "status": m.get("status"),
+        rows.append({"cell": cell_dir.name, "status": m.get("status"),
                      **{a: params.get(a) for a in axes or ["head"]},
                      **{k: m.get(k) for k in RESULT_COLUMNS}, "error": m.get("error")})
     columns = ["cell", "status", *(axes or ["head"]), *RESULT_COLUMNS, "error"]
@@ -131,7 +135,7 @@ def plot_top_curves(runs_dir: str | os.PathLike, table: pd.DataFrame, k: int = 3
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for cell in ranked(table)["cell"].head(k):
-        h = pd.read_csv(Path(runs_dir) / cell / "history.csv")
+        h = read_history_table(Path(runs_dir) / cell)
         ax.plot(np.arange(1, len(h) + 1), h["val_acc"], label=cell)
     ax.set(xlabel="epoch (both stages)", ylabel="val accuracy", title=f"top {k} cells by validation accuracy")
     ax.legend(fontsize=7)
@@ -158,9 +162,9 @@ def render(runs_dir: str | os.PathLike) -> Path:
     from nbconvert import HTMLExporter
 
     runs_dir = Path(runs_dir).resolve()
-    kinds = {json.loads(p.read_text()).get("kind") for p in runs_dir.glob("*/metrics.json")}
+    kinds = {(read_metrics(d) or {}).get("kind") for d in cell_dirs(runs_dir) if (d / "metrics.json").exists()}
     if kinds == {"discovery"}:
-        from .config import ConfigError
+        from ..config import ConfigError
         raise ConfigError(f"{runs_dir} holds object-discovery cells, and the report covers classifier grids only; "
                           f"use 'slotlib status {runs_dir}' and each cell's executed object_discovery.ipynb")
     executed = runs_dir / "analysis.ipynb"
@@ -168,6 +172,6 @@ def render(runs_dir: str | os.PathLike) -> Path:
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     out = runs_dir / "report.html"
-    from .runfiles import write_atomic
+    from .files import write_atomic
     write_atomic(out, body)
     return out

@@ -1,5 +1,5 @@
-"""What training and object discovery share without importing timm: run files written atomically,
-and the device a run asks for."""
+"""Writing a cell folder, shared by both applications: every file atomically, and one writer at a time.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +9,18 @@ import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import ConfigError
+from ..config import ConfigError
 
 _UMASK = os.umask(0)
+
+
 os.umask(_UMASK)
 
 
@@ -65,13 +68,23 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"parameter 'device' is {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+@contextlib.contextmanager
+def run_lock(out_dir: Path, wait_s: float = 15.0):
+    """Exclusive lock on a run folder, so two processes never train into it at once.
+
+    Waits a little: a kernel orphaned by a killed grid needs about a second to notice and exit.
+    """
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"another process is training in {out_dir}; wait for it or stop it") from None
+                time.sleep(0.2)
+        yield

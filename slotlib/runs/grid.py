@@ -1,6 +1,6 @@
 """Grids: a params file -> cells -> one papermill run of a notebook per cell.
 
-Each cell runs in its own child process (``python -m slotlib.grid _cell``), which executes the
+Each cell runs in its own child process (``python -m slotlib.runs.grid _cell``), which executes the
 notebook with papermill into ``OUT/<cell id>/<notebook name>`` (``train.ipynb`` unless the params
 file names another notebook, e.g. ``notebook: object_discovery.ipynb``) and writes its output to
 ``OUT/<cell id>/log.txt``. Cells already ``done`` are skipped; a cell left ``running`` by a killed
@@ -32,14 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
+from ..config import Cell, ConfigError, DiscoveryConfig, load_params_file
+from .folder import cell_dirs, cell_status, read_metrics, read_params
 
-from .config import Cell, ConfigError, DiscoveryConfig, load_params_file
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"   # slotlib/runs/grid.py -> repository root
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
 TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
+
+
 CELL_LOG = "log.txt"
+
+
 GRID_COPY = "grid.yaml"
+
+
 KERNEL_START_GAP_S = 1.5  # kernels started at the same instant can race for the same ports
 
 
@@ -63,25 +70,9 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, par
                                start_timeout=start_timeout)
 
 
-# --------------------------------------------------------------------------- cell state
-
-def read_metrics(cell_dir: str | os.PathLike) -> dict | None:
-    """A run folder's metrics.json, or None before the run has written one."""
-    try:
-        return json.loads((Path(cell_dir) / "metrics.json").read_text())
-    except FileNotFoundError:
-        return None
-
-
-def cell_status(cell_dir: Path) -> str:
-    """'done', 'running' (started, resumable), 'failed' or 'pending'."""
-    metrics = read_metrics(cell_dir)
-    return metrics["status"] if metrics else "pending"
-
-
 def record_failure(cell: Cell, cell_dir: Path, error: str) -> None:
     """Mark a cell failed when its notebook died without saying so itself (kernel died, bad data...)."""
-    from .runfiles import write_json
+    from .files import write_json
 
     metrics = read_metrics(cell_dir) or {"cell_id": cell.id, "params": cell.config.to_params()}
     if metrics.get("status") == "failed" and metrics.get("error"):
@@ -100,8 +91,6 @@ def last_error_line(log: Path) -> str:
             return line[:500]
     return lines[-1][:500] if lines else "no output"
 
-
-# --------------------------------------------------------------------------- running
 
 @dataclass
 class Running:
@@ -125,7 +114,7 @@ def start_cell(cell: Cell, out_root: Path, notebook: Path, device: str | None) -
     log = open(cell_dir / CELL_LOG, "ab")
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start (device {device or 'default'})\n".encode())
     log.flush()
-    cmd = [sys.executable, "-m", "slotlib.grid", "_cell", str(notebook), str(cell_dir),
+    cmd = [sys.executable, "-m", "slotlib.runs.grid", "_cell", str(notebook), str(cell_dir),
            json.dumps(cell.config.to_params())]
     try:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -145,9 +134,9 @@ def device_slots(devices: list[str] | None, jobs: int) -> list[str | None]:
 def count_cell_parameters(cell: Cell) -> int:
     """Parameters of the model a cell trains: the classifier, or the object-discovery autoencoder."""
     if isinstance(cell.config, DiscoveryConfig):
-        from .discovery import count_parameters
+        from ..discover.model import count_parameters
     else:
-        from .model import count_parameters
+        from ..classify.model import count_parameters
     return count_parameters(cell.config)["n_params"]
 
 
@@ -232,14 +221,14 @@ def status_rows(out_root: str | os.PathLike) -> list[dict[str, Any]]:
         cells = load_params_file(out_root / GRID_COPY).cells()
         ids = [c.id for c in cells]
         planned_steps = {c.id: c.config.steps for c in cells if isinstance(c.config, DiscoveryConfig)}
-    ids += sorted(p.name for p in out_root.iterdir() if p.is_dir() and p.name not in ids
-                  and ((p / "params.yaml").exists() or (p / "metrics.json").exists()))
+    ids += [p.name for p in cell_dirs(out_root) if p.name not in ids]
     rows = []
     for cell_id in ids:
         metrics = read_metrics(out_root / cell_id) or {}
-        planned, p = planned_steps.get(cell_id), {}
-        if (out_root / cell_id / "params.yaml").exists():
-            p = yaml.safe_load((out_root / cell_id / "params.yaml").read_text()) or {}
+        planned, p = planned_steps.get(cell_id), read_params(out_root / cell_id)
+        if p is None:
+            p = {}
+        else:
             planned = p["steps"] if "steps" in p else p.get("stage1_epochs", 0) + p.get("stage2_epochs", 0)
         if metrics.get("kind") == "discovery" or "steps" in p or cell_id in planned_steps:
             # Object discovery: progress in steps; validation and test FG-ARI in the accuracy columns.
@@ -291,4 +280,4 @@ def _run_cell_main(notebook: str, cell_dir: str, params_json: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "_cell":
         sys.exit(_run_cell_main(*sys.argv[2:]))
-    sys.exit("usage: python -m slotlib.grid _cell NOTEBOOK CELL_DIR PARAMS_JSON (used by `slotlib grid`)")
+    sys.exit("usage: python -m slotlib.runs.grid _cell NOTEBOOK CELL_DIR PARAMS_JSON (used by `slotlib grid`)")

@@ -1,0 +1,158 @@
+"""Attention figures: per-class maps overlaid on tiles, class means, right and wrong predictions, and
+the interactive explorer (ipywidgets). They read predictions of :mod:`slotlib.classify.explain`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .explain import Predictions, predict_split, upsample
+
+
+def plot_attention(tiles: np.ndarray, maps: torch.Tensor, labels: Sequence[int], preds: Sequence[int],
+                   class_names: Sequence[str], classes: Sequence[int] | None = None, alpha: float = 0.55):
+    """One row per tile: the tile, then each class's map over it. True class framed green, prediction
+    titled in red when wrong. ``tiles`` are uint8 ``[B,H,W,3]``."""
+    import matplotlib.pyplot as plt
+
+    classes = list(range(len(class_names))) if classes is None else list(classes)
+    rows, cols = len(tiles), len(classes) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
+    for r, tile in enumerate(tiles):
+        ok = labels[r] == preds[r]
+        axes[r, 0].imshow(tile)
+        axes[r, 0].set_title(f"true {class_names[labels[r]]}\npred {class_names[preds[r]]}", fontsize=7,
+                             color="black" if ok else "red")
+        for c, k in enumerate(classes, 1):
+            ax = axes[r, c]
+            ax.imshow(tile)
+            ax.imshow(maps[r, k].cpu().numpy(), cmap="jet", alpha=alpha, vmin=float(maps[r].min()),
+                      vmax=float(maps[r].max()))
+            if r == 0:
+                ax.set_title(class_names[k], fontsize=7)
+            if k == labels[r]:
+                for spine in ax.spines.values():
+                    spine.set(color="lime", linewidth=3)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_split_attention(exp, split: str = "val", n: int = 4, seed: int = 0):
+    """Per-class attention over ``n`` tiles of a split of a prepared :class:`slotlib.classify.experiment.Experiment`."""
+    return plot_tiles(predict_split(exp, split, limit=n, seed=seed), exp.class_names, n)
+
+
+def plot_tiles(pred: "Predictions", class_names: Sequence[str], n: int = 6, seed: int = 0):
+    """``n`` tiles of a prediction set, one row each, every class's map over it."""
+    pick = np.sort(np.random.default_rng(seed).permutation(len(pred.labels))[:n])
+    maps = upsample(pred.classes[pick], pred.tiles.shape[1])
+    return plot_attention(pred.tiles[pick], maps, pred.labels[pick].tolist(), pred.preds[pick].tolist(), class_names)
+
+
+def plot_mean_attention(pred: Predictions, class_names: Sequence[str]):
+    """For each class, its map averaged over the tiles of that class (where does the slot look?)."""
+    import matplotlib.pyplot as plt
+
+    k = len(class_names)
+    cols = min(5, k)
+    fig, axes = plt.subplots(math.ceil(k / cols), cols, figsize=(2.2 * cols, 2.3 * math.ceil(k / cols)), squeeze=False)
+    maps = pred.classes
+    for c, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if c >= k:
+            ax.axis("off")
+            continue
+        mine = maps[pred.labels == c, c]
+        if len(mine):
+            ax.imshow(upsample(mine.mean(0)[None, None], 64)[0, 0].numpy(), cmap="jet")
+        ax.set_title(f"{class_names[c]} (n={len(mine)})", fontsize=7)
+    fig.suptitle("mean attention of each class's slots over tiles of that class", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_correct_and_wrong(pred: Predictions, class_names: Sequence[str], n: int = 4, seed: int = 0):
+    """Correct predictions (left) beside wrong ones (right): tile, true class's map, predicted class's map."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    right, wrong = np.flatnonzero(pred.labels == pred.preds), np.flatnonzero(pred.labels != pred.preds)
+    pick = [rng.permutation(group)[:n] for group in (right, wrong)]
+    rows = max(1, max(len(p) for p in pick))
+    fig, axes = plt.subplots(rows, 6, figsize=(10, 1.8 * rows), squeeze=False)
+    maps = upsample(pred.classes, pred.tiles.shape[1])
+    for half, (group, title) in enumerate(zip(pick, ("correct", "wrong"))):
+        for r in range(rows):
+            cells = axes[r, 3 * half:3 * half + 3]
+            for ax in cells:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if r >= len(group):
+                for ax in cells:
+                    ax.axis("off")
+                continue
+            i = group[r]
+            cells[0].imshow(pred.tiles[i])
+            cells[0].set_title(f"{title}: {class_names[pred.labels[i]]}", fontsize=7)
+            for ax, k, what in ((cells[1], pred.labels[i], "true"), (cells[2], pred.preds[i], "pred")):
+                ax.imshow(pred.tiles[i])
+                ax.imshow(maps[i, k].numpy(), cmap="jet", alpha=0.55)
+                ax.set_title(f"{what} {class_names[k]}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def explorer(pred: Predictions, class_names: Sequence[str]):
+    """An ipywidgets explorer: pick a class, a tile (or only misclassified ones) and a slot."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    per_class = pred.slots.shape[1] // pred.num_classes
+    slot_options = [(f"{class_names[s // per_class]}" + (f" #{s % per_class + 1}" if per_class > 1 else ""), s)
+                    for s in range(pred.slots.shape[1])]
+    cls = widgets.Dropdown(options=[("all classes", -1)] + [(n, k) for k, n in enumerate(class_names)],
+                           description="class")
+    only_wrong = widgets.Checkbox(description="misclassified only")
+    tile = widgets.IntSlider(description="tile", min=0, max=0)
+    slot = widgets.Dropdown(options=slot_options, description="slot")
+    out = widgets.Output()
+
+    def chosen() -> np.ndarray:
+        keep = np.ones(len(pred.labels), bool) if cls.value < 0 else pred.labels == cls.value
+        if only_wrong.value:
+            keep &= pred.labels != pred.preds
+        return np.flatnonzero(keep)
+
+    def draw(*_):
+        options = chosen()
+        tile.max = max(0, len(options) - 1)
+        out.clear_output(wait=True)
+        with out:
+            if not len(options):
+                print("no tile matches")
+                return
+            i = options[min(tile.value, len(options) - 1)]
+            fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+            attn = upsample(pred.slots[i:i + 1, slot.value:slot.value + 1], pred.tiles.shape[1])[0, 0].numpy()
+            axes[0].imshow(pred.tiles[i])
+            axes[0].set_title(f"true {class_names[pred.labels[i]]}, pred {class_names[pred.preds[i]]}", fontsize=8,
+                              color="black" if pred.labels[i] == pred.preds[i] else "red")
+            axes[1].imshow(pred.tiles[i])
+            axes[1].imshow(attn, cmap="jet", alpha=0.55)
+            axes[1].set_title(f"slot: {dict((v, k) for k, v in slot_options)[slot.value]}", fontsize=8)
+            for ax in axes:
+                ax.axis("off")
+            plt.show()
+
+    for w in (cls, only_wrong, tile, slot):
+        w.observe(draw, names="value")
+    draw()
+    return widgets.VBox([widgets.HBox([cls, only_wrong]), widgets.HBox([tile, slot]), out])

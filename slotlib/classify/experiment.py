@@ -1,0 +1,120 @@
+"""One run's experiment: its data, loaders, model and device, prepared before training (``prepare``)
+so a notebook can show them first. Bad parameters are refused here, before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import LOCAL_ONLY, Config, ConfigError
+from ..data.device import make_device_loaders
+from ..data.eurosat import load_eurosat
+from ..data.splits import split_indices
+from ..data.transforms import make_loaders, normalization
+from ..runs.folder import read_params
+from ..runtime import resolve_device, seed_everything
+from .model import SlotClassifier
+
+
+@dataclass
+class Experiment:
+    """Everything one run needs, prepared before training so a notebook can show it first."""
+
+    config: Config
+    out_dir: Path
+    data: Any            # slotlib.data.eurosat.EuroSAT
+    splits: dict[str, np.ndarray]
+    loaders: dict[str, Any]  # DataLoader ('loader' pipeline) or device_data.DeviceLoader ('fast')
+    model: SlotClassifier
+    device: torch.device
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    split_fingerprint: str = ""
+    progress: bool = True
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.data.classes)
+
+
+def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True,
+            pretrained: bool | None = None) -> Experiment:
+    """Check the run folder, load data, build the model. Raises ConfigError on bad input first.
+
+    ``pretrained=False`` skips fetching backbone weights (when a checkpoint will be loaded anyway).
+    """
+    out_dir = Path(out_dir)
+    check_run_folder(config, out_dir)
+    device = resolve_device(config.train.device)
+    dc = config.data
+    ds = load_eurosat(dc.data_root, per_class_limit=dc.per_class_limit)
+    try:
+        splits = split_indices(ds, dc.split, split_seed=dc.split_seed, split_fractions=dc.split_fractions)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"parameter 'split': {err}") from None
+    empty = [name for name, idx in splits.items() if len(idx) == 0]
+    if empty:
+        raise ConfigError(f"the '{empty[0]}' split is empty with these parameters; raise 'per_class_limit' "
+                          f"or change 'split_fractions'")
+    mean, std = normalization(config.model.backbone)
+    if dc.pipeline == "fast":
+        loaders = make_device_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
+                                      std=std, augment=dc.augment, seed=config.train.seed, device=device,
+                                      channels_last=channels_last(device), crop_scale=dc.crop_scale,
+                                      dihedral=dc.dihedral)
+    else:
+        loaders = make_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
+                                       std=std, augment=dc.augment, num_workers=dc.num_workers,
+                                       seed=config.train.seed, crop_scale=dc.crop_scale, dihedral=dc.dihedral)
+    seed_everything(config.train.seed)
+    model = tune_for_device(SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained,
+                                           image_size=dc.image_size), device)
+    split_fp = json.dumps({k: v.tolist() for k, v in splits.items()})
+    return Experiment(config, out_dir, ds, splits, loaders, model, device, mean, std,
+                      hashlib.sha256(split_fp.encode()).hexdigest()[:16], progress)
+
+
+def channels_last(device: torch.device) -> bool:
+    """Whether images and weights go channels_last: on CUDA, and on the CPU, where oneDNN's convolutions
+    are faster in that layout (mobilenetv2_100, 64 px, batch 32, 2 cores: 147 -> 165 training images/s)."""
+    return device.type in ("cuda", "cpu")
+
+
+def tune_for_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on ``device``, channels_last where that is faster; on CUDA cuDNN autotuning and TF32."""
+    model = model.to(device)
+    if channels_last(device):
+        model = model.to(memory_format=torch.channels_last)
+    if device.type != "cuda":
+        return model
+    torch.backends.cudnn.benchmark = True           # fixed input size: let cuDNN pick its fastest kernels
+    torch.backends.cuda.matmul.allow_tf32 = True    # fp32 matmuls outside autocast
+    torch.backends.cudnn.allow_tf32 = True
+    return model
+
+
+def check_run_folder(config: Config, out_dir: Path) -> None:
+    """Refuse a folder that holds a run of different parameters, before anything is written."""
+    old = read_params(out_dir)
+    if old is None:
+        return
+    path = out_dir / "params.yaml"
+    try:
+        old_cfg = Config.from_params(old)
+    except ConfigError as err:
+        raise ConfigError(f"{path} holds parameters this version cannot read ({err}); use another output folder") from None
+    if old_cfg.digest() != config.digest():
+        new, there = config.to_params(), old_cfg.to_params()
+        first = next((k for k in new if k not in LOCAL_ONLY and there.get(k) != new[k]), "?")
+        raise ConfigError(f"{out_dir} already holds a run with different parameters ('{first}': "
+                          f"{there.get(first)!r} there, {new.get(first)!r} now); "
+                          f"use another output folder or delete that one")

@@ -1,0 +1,211 @@
+"""Training the object-discovery autoencoder: scenes, learning-rate schedule, the loop, run files.
+
+Reference: google-research slot_attention/train.py (warm-up, then exponential decay of the
+learning rate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from ..data.scenes import Scenes, make_scenes
+from ..runs.files import save_torch_atomic, write_atomic, write_csv, write_json
+from ..runs.folder import read_history, read_metrics
+from ..runtime import NonFiniteLossError, resolve_device
+from .metrics import evaluate, to_input
+from .model import SlotAutoEncoder
+
+if TYPE_CHECKING:
+    from ..config import DiscoveryConfig
+
+
+TEST_START, VAL_START = 1_000_000, 2_000_000   # scene indices: train [0, n), test and val far away, never overlap
+
+
+@dataclass(frozen=True)
+class SceneSplits:
+    train: Scenes
+    val: Scenes
+    test: Scenes
+
+
+def make_splits(cfg: "DiscoveryConfig") -> SceneSplits:
+    """Disjoint index ranges of one seeded scene dataset: the test set is the same whatever train_scenes is."""
+    kw = dict(size=cfg.image_size, background=cfg.background, seed=cfg.scene_seed)
+    return SceneSplits(train=make_scenes(cfg.train_scenes, start=0, **kw),
+                       val=make_scenes(cfg.val_scenes, start=VAL_START, **kw),
+                       test=make_scenes(cfg.test_scenes, start=TEST_START, **kw))
+
+
+def learning_rate(step: int, cfg: "DiscoveryConfig") -> float:
+    """Linear warm-up to ``lr``, then halving every ``decay_steps`` (google-research slot_attention train.py)."""
+    warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    return cfg.lr * warm * 0.5 ** (step / cfg.decay_steps)
+
+
+HISTORY_COLUMNS = ("step", "train_mse", "lr", "seconds", "steps_per_second", "val_fg_ari", "val_fg_ari_alpha",
+                   "val_fg_ari_posterior", "val_mse")
+
+
+LOG_EVERY = 50   # steps per history row (the loss curve); validation columns only on evaluation steps
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    write_csv(path, rows, HISTORY_COLUMNS)
+
+
+@dataclass
+class DiscoveryRun:
+    """A trained autoencoder with its scenes and results (what the notebook plots)."""
+
+    config: "DiscoveryConfig"
+    out_dir: Path
+    model: SlotAutoEncoder
+    splits: SceneSplits
+    metrics: dict[str, Any]
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return read_history(self.out_dir)
+
+
+def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSplits | None = None,
+        progress: bool = True, echo: Callable[[str], Any] | None = None) -> DiscoveryRun:
+    """Train on reconstruction MSE alone, evaluate FG-ARI on the held-out scenes, write the run folder.
+
+    Writes ``params.yaml``, ``history.csv`` (every ``LOG_EVERY`` steps), ``metrics.json``
+    (atomically; ``status`` running -> done | failed; ``trained`` once the weights are final)
+    and ``model.pt``. A folder whose model is trained is loaded, not retrained. There is no
+    resume: an interrupted training starts again. With ``black_steps`` the status stays running
+    until :func:`fit_black` has finished the comparison, so a grid reruns a cell cut off there.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    splits = splits or make_splits(cfg)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)                                         # the initial weights, then slot samples
+    model = SlotAutoEncoder.from_config(cfg)
+    done = read_metrics(out)
+    if done and done.get("trained") and done.get("digest") == cfg.digest() and (out / "model.pt").exists():
+        model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+        return DiscoveryRun(cfg, out, model, splits, done)
+
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    order = torch.Generator().manual_seed(cfg.seed)                     # batch order: its own generator
+    write_atomic(out / "params.yaml", yaml.safe_dump(cfg.to_params(), sort_keys=False))
+    metrics: dict[str, Any] = {"status": "running", "kind": "discovery", "digest": cfg.digest(),
+                               "params": cfg.to_params(), "steps": cfg.steps, "steps_done": 0,
+                               "n_params": sum(p.numel() for p in model.parameters()), "device": str(device),
+                               "num_threads": torch.get_num_threads(), "torch": torch.__version__, "error": None}
+    write_json(out / "metrics.json", metrics)
+    rows: list[dict] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, desc=f"train ({cfg.background})", unit="step")
+    start = time.perf_counter()
+    train_seconds, window_loss, window_n, window_start = 0.0, 0.0, 0, time.perf_counter()
+    perm, pos = torch.randperm(len(splits.train), generator=order), 0
+    try:
+        model.train()
+        for step in range(1, cfg.steps + 1):
+            if pos + cfg.batch_size > len(perm):                        # a fresh order every pass
+                perm, pos = torch.randperm(len(splits.train), generator=order), 0
+            idx = perm[pos:pos + cfg.batch_size].numpy()
+            pos += cfg.batch_size
+            x = to_input(splits.train.images[idx], device)              # [B,3,H,W]
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, cfg)
+            loss = F.mse_loss(model(x).recon, x)                        # reconstruction alone: no labels anywhere
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"reconstruction loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            window_loss, window_n = window_loss + loss.item(), window_n + 1
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(mse=f"{loss.item():.4f}", refresh=False)
+            evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+            if evaluate_now or step % LOG_EVERY == 0:
+                seconds = time.perf_counter() - window_start                # training time only, not evaluation
+                train_seconds += seconds
+                row = {"step": step, "train_mse": window_loss / window_n, "lr": learning_rate(step, cfg),
+                       "seconds": round(train_seconds, 2), "steps_per_second": round(window_n / seconds, 3),
+                       **{c: "" for c in HISTORY_COLUMNS[5:]}}
+                if evaluate_now and cfg.val_scenes:
+                    val = evaluate(model, splits.val, device, masks=cfg.eval_masks)
+                    model.train()
+                    scores = {f"val_{k}": val[k] for k in ("fg_ari", "fg_ari_alpha", "fg_ari_posterior")}
+                    row.update(scores, val_mse=val["mse"])
+                    metrics.update(scores, val_mse=val["mse"])
+                    if bar is not None:
+                        bar.set_postfix(mse=f"{row['train_mse']:.4f}", fg_ari_alpha=f"{val['fg_ari_alpha']:.3f}",
+                                        fg_ari_posterior=f"{val['fg_ari_posterior']:.3f}")
+                    if echo is not None:
+                        echo(f"step {step}  train_mse {row['train_mse']:.5f}  val_fg_ari alpha "
+                             f"{val['fg_ari_alpha']:.4f} posterior {val['fg_ari_posterior']:.4f}  "
+                             f"{row['steps_per_second']:.2f} steps/s  {train_seconds:.0f} s")
+                rows.append(row)
+                write_history(out / "history.csv", rows)
+                if evaluate_now:
+                    metrics.update(steps_done=step, train_seconds=round(train_seconds, 1))
+                    write_json(out / "metrics.json", metrics)
+                window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+        if bar is not None:
+            bar.close()
+        test = evaluate(model, splits.test, device, seed=1, masks=cfg.eval_masks)
+        save_torch_atomic(model.state_dict(), out / "model.pt")
+        # With a black comparison to come, the cell is done only when that is (fit_black marks it).
+        metrics.update(status="running" if cfg.black_steps else "done", trained=True,
+                       steps_done=cfg.steps, train_seconds=round(train_seconds, 1),
+                       fg_ari=test["fg_ari"], fg_ari_std=test["fg_ari_std"], fg_ari_alpha=test["fg_ari_alpha"],
+                       fg_ari_posterior=test["fg_ari_posterior"], test_mse=test["mse"],
+                       wall_seconds=round(time.perf_counter() - start, 1),
+                       steps_per_second=round(cfg.steps / train_seconds, 3))
+        write_json(out / "metrics.json", metrics)
+    except BaseException as err:
+        if bar is not None:
+            bar.close()
+        metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
+        write_json(out / "metrics.json", metrics)
+        raise
+    model.cpu()
+    return DiscoveryRun(cfg, out, model, splits, metrics)
+
+
+def fit_black(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, progress: bool = True) -> DiscoveryRun | None:
+    """The comparison run: the same model and seeds on black-background scenes for ``black_steps`` steps.
+
+    Written to ``out_dir/black``. Returns None when ``black_steps`` is 0.
+    """
+    if not cfg.black_steps:
+        return None
+    black = dataclasses.replace(cfg, background="black", steps=cfg.black_steps, black_steps=0)
+    run = fit(black, Path(out_dir) / "black", progress=progress)
+    metrics = read_metrics(out_dir) or {}
+    if metrics.get("trained") and metrics.get("digest") == cfg.digest():  # the grey run's folder: now the cell is done
+        metrics.update(status="done", black_fg_ari=run.metrics["fg_ari"], black_fg_ari_alpha=run.metrics["fg_ari_alpha"],
+                       black_fg_ari_posterior=run.metrics["fg_ari_posterior"], black_test_mse=run.metrics["test_mse"])
+        write_json(Path(out_dir) / "metrics.json", metrics)
+    return run

@@ -1,0 +1,115 @@
+"""How well slots segment scenes: ARI and FG-ARI, the two mask readouts, evaluation of a model.
+
+Shape letters: B batch, S slots, P pixels (H*W), T true objects (incl. background), Q predicted segments.
+
+References:
+    Greff et al., "Multi-Object Representation Learning with Iterative Variational Inference"
+        (IODINE), ICML 2019: FG-ARI, the adjusted Rand index over foreground pixels.
+    Hubert & Arabie, "Comparing partitions", 1985 (ARI); scikit-learn's adjusted_rand_score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.scenes import Scenes
+from .model import Output, SlotAutoEncoder
+
+
+def adjusted_rand_index(true: torch.Tensor, pred: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """ARI per row of integer labelings ``true`` [B,P] and ``pred`` [B,P], counting only ``valid`` [B,P] pixels.
+
+    The pair-confusion form of scikit-learn's ``adjusted_rand_score`` (>= 0.23), so degenerate
+    cases follow sklearn: when no pair of pixels is split by one labeling and joined by the other
+    (identical partitions, one or zero valid pixels, both labelings a single segment) the ARI is
+    1.0; otherwise ``2 (tp tn - fn fp) / ((tp + fn)(fn + tn) + (tp + fp)(fp + tn))``, which can
+    be negative. Counts are float64, so 1e4 pixels per row are exact.
+    """
+    if valid is None:
+        valid = torch.ones_like(true, dtype=torch.bool)
+    t = F.one_hot(true.long()).double() * valid[..., None]             # [B,P,T] invalid pixels count nowhere
+    q = F.one_hot(pred.long()).double()                                 # [B,P,Q]
+    table = torch.einsum("bpt,bpq->btq", t, q)                          # [B,T,Q] contingency table
+    n = table.sum((1, 2))                                               # [B]
+    sum_sq = (table ** 2).sum((1, 2))                                   # [B]
+    a2 = (table.sum(2) ** 2).sum(1)                                     # [B] squared true-segment sizes
+    b2 = (table.sum(1) ** 2).sum(1)                                     # [B] squared predicted-segment sizes
+    # Ordered pairs of distinct pixels: same/same (tp), split by true only (fp), by pred only (fn).
+    tp, fp, fn = sum_sq - n, b2 - sum_sq, a2 - sum_sq                   # [B] each
+    tn = n ** 2 - fp - fn - sum_sq                                      # [B]
+    den = (tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)                 # [B]
+    ari = 2 * (tp * tn - fn * fp) / den.clamp_min(1e-300)               # [B]
+    return torch.where((fn == 0) & (fp == 0), torch.ones_like(ari), ari)
+
+
+def fg_ari(true_masks: torch.Tensor | np.ndarray, pred_masks: torch.Tensor | np.ndarray) -> np.ndarray:
+    """FG-ARI per scene: ARI over pixels whose true label is not background (0).
+
+    ``true_masks`` int [B,H,W] (0 = background, 1.. objects); ``pred_masks`` either int [B,H,W]
+    segment ids or soft masks [B,S,(1,)H,W] (argmax over slots). Scenes without foreground pixels
+    get NaN, so ``np.nanmean`` leaves them out (sklearn would call them a perfect 1.0).
+    """
+    true = torch.as_tensor(np.asarray(true_masks) if not torch.is_tensor(true_masks) else true_masks)
+    pred = torch.as_tensor(np.asarray(pred_masks) if not torch.is_tensor(pred_masks) else pred_masks)
+    if pred.dim() == 5:
+        pred = pred[:, :, 0]                                            # [B,S,H,W]
+    if pred.dim() == 4:
+        pred = pred.argmax(1)                                           # [B,H,W] the slot that owns each pixel
+    true, pred = true.flatten(1).cpu(), pred.flatten(1).cpu()           # [B,P] each
+    fg = true > 0                                                       # [B,P] background excluded
+    ari = adjusted_rand_index(true, pred, fg)                           # [B]
+    return torch.where(fg.any(1), ari, torch.full_like(ari, float("nan"))).numpy()
+
+
+def to_input(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 [B,H,W,3] -> float [B,3,H,W] in [-1,1], the paper's input range."""
+    x = torch.as_tensor(images).to(device)                              # [B,H,W,3]
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0                  # [B,3,H,W]
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    """float [...,3,H,W] in [-1,1] -> float [...,H,W,3] in [0,1] for plotting."""
+    return ((x.detach().cpu().movedim(-3, -1) + 1) / 2).clamp(0, 1).numpy()
+
+
+@torch.no_grad()
+def predict(model: SlotAutoEncoder, images: np.ndarray, batch_size: int = 100, seed: int = 0,
+            device: torch.device | str = "cpu") -> Output:
+    """The model's output for uint8 scenes [B,H,W,3], on the CPU; slot samples drawn from ``seed``."""
+    model.eval()
+    outs = []
+    with torch.random.fork_rng(devices=[]):                             # evaluation never moves the training RNG
+        torch.manual_seed(seed)
+        for i in range(0, len(images), batch_size):
+            o = model(to_input(images[i:i + batch_size], device))
+            outs.append(Output(**{k: v.cpu() for k, v in vars(o).items()}))
+    return Output(**{k: torch.cat([getattr(o, k) for o in outs]) for k in vars(outs[0])})
+
+
+MASKS = ("alpha", "posterior")   # the two readouts of slot masks (DiscoveryConfig.eval_masks)
+
+
+def slot_masks(out: Output, kind: str = "alpha") -> torch.Tensor:
+    """The masks a readout uses, [B,S,1,H,W]: the decoder's (``alpha``) or the mixture posterior's."""
+    return {"alpha": out.masks, "posterior": out.posterior}[kind]
+
+
+def fg_ari_by_readout(true_masks: np.ndarray, out: Output) -> dict[str, np.ndarray]:
+    """FG-ARI per scene [B] of each readout in ``MASKS``."""
+    return {kind: fg_ari(true_masks, slot_masks(out, kind)) for kind in MASKS}
+
+
+def evaluate(model: SlotAutoEncoder, scenes: Scenes, device: torch.device | str = "cpu",
+             seed: int = 0, masks: str = "alpha") -> dict[str, Any]:
+    """FG-ARI of the ``masks`` readout (mean, sd, per scene), the mean of both readouts, and MSE."""
+    out = predict(model, scenes.images, seed=seed, device=device)
+    both = fg_ari_by_readout(scenes.masks, out)                         # [B] each
+    ari = both[masks]
+    mse = F.mse_loss(out.recon, to_input(scenes.images)).item()
+    return {"fg_ari": float(np.nanmean(ari)), "fg_ari_std": float(np.nanstd(ari)),
+            **{f"fg_ari_{kind}": float(np.nanmean(a)) for kind, a in both.items()}, "mse": mse,
+            "per_scene_fg_ari": ari}

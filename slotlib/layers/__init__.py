@@ -1,0 +1,4 @@
+"""Building blocks both applications share (as timm/layers is to timm/models).
+
+    slot_attention.py  ScouterSlotAttention (SCOUTER), SlotAttention (Locatello), GaussianSlots
+"""
