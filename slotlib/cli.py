@@ -2,7 +2,7 @@
 
     slotlib describe PARAMS.yaml [--set key=value ...]
     slotlib train PARAMS.yaml --out DIR [--cell ID] [--set key=value ...]
-    slotlib grid PARAMS.yaml --out DIR [--jobs N] [--devices 0,1] [--dry-run] [--retry-failed]
+    slotlib grid PARAMS.yaml --out DIR [--jobs N] [--devices 0,1] [--dry-run] [--retry-failed] [--add-cells]
     slotlib status DIR
     slotlib report DIR
     slotlib bench [PARAMS.yaml] [--pipeline reference fast compiled] [--image-size S] [--batch-size B ...]
@@ -25,11 +25,18 @@ EXIT_BAD_INPUT = 2
 
 
 def load_with_overrides(params_path: str, overrides: dict | None):
+    """A params file with ``--set`` values on top of its base; their errors name ``--set``, not the file."""
     pf = load_params_file(params_path)
-    if overrides:
-        pf = parse_params({"base": {**pf.base, **overrides}, "grid": pf.grid, "seeds": pf.seeds,
-                           "notebook": pf.notebook}, pf.path)
-    return pf
+    if not overrides:
+        return pf
+    axes = [name for product in pf.products for name in product] + (["seed"] if pf.seeds else [])
+    clash = next((name for name in overrides if name in axes), None)
+    if clash is not None:
+        raise ConfigError(f"--set {clash}=...: '{clash}' is a grid axis of {params_path}, so every cell sets its "
+                          f"own value and --set would be ignored; pick a cell with --cell, or edit the grid")
+    pf.config_cls.from_params({**pf.base, **overrides}, where="--set")   # the base is valid: errors are --set's
+    return parse_params({"base": {**pf.base, **overrides}, "grid": pf.grid, "seeds": pf.seeds,
+                         "notebook": pf.notebook}, pf.path)
 
 
 def describe(params_path: str, overrides: dict | None = None) -> dict:
@@ -128,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", help="comma-separated GPU ids to pin cells to, e.g. 0,1 (jobs spread over them)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their parameter counts; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="also rerun cells that failed")
+    p.add_argument("--add-cells", action="store_true",
+                   help="add this params file's cells to a grid folder made from another params file")
     p.add_argument("--notebook", default=None,
                    help="notebook to run per cell (default: the params file's 'notebook', else notebooks/train.ipynb)")
     p = sub.add_parser("status", help="one line per cell of a grid folder")
@@ -185,14 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .runs.grid import run_grid
             devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
             final = run_grid(args.params, args.out, jobs=args.jobs, devices=devices, retry_failed=args.retry_failed,
+                             add_cells=args.add_cells,
                              dry_run=args.dry_run, notebook=args.notebook)
-            failed = [k for k, v in final.items() if v == "failed"]
+            failed = [k for k, v in final.items() if v in ("failed", "damaged")]
             if not args.dry_run:
                 print(f"{sum(v == 'done' for v in final.values())}/{len(final)} cells done"
                       + (f", {len(failed)} failed (rerun with --retry-failed)" if failed else ""))
             return 1 if failed else 0
         elif args.command == "status":
-            from .runs.grid import format_status, status_rows
+            from .runs.status import format_status, status_rows
             if not os.path.isdir(args.dir):
                 raise ConfigError(f"grid folder {args.dir!r} does not exist")
             print(format_status(status_rows(args.dir)))

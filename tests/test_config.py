@@ -5,8 +5,16 @@ import json
 import pytest
 import yaml
 
-from slotlib.config import (DEFAULTS, FIELDS, HELP, Config, ConfigError, cell_id, load_params_file,
-                            parse_params, parse_set)
+from slotlib.config import (
+    DEFAULTS,
+    FIELDS,
+    HELP,
+    Config,
+    ConfigError,
+    cell_id,
+    load_params_file,
+    parse_set,
+)
 
 
 def test_defaults_are_the_reference_best_cell():
@@ -157,9 +165,13 @@ def test_missing_and_invalid_yaml(tmp_path):
         load_params_file(tmp_path / "bad.yaml")
 
 
-def test_empty_file_is_the_defaults(tmp_path):
-    (tmp_path / "empty.yaml").write_text("")
-    cells = load_params_file(tmp_path / "empty.yaml").cells()
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "{}\n"])
+def test_an_empty_file_is_refused_not_read_as_the_100_epoch_reference(tmp_path, text):
+    (tmp_path / "empty.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="is empty; write at least 'base: {}'"):
+        load_params_file(tmp_path / "empty.yaml")
+    (tmp_path / "defaults.yaml").write_text("base: {}\n")   # the explicit way to ask for every default
+    cells = load_params_file(tmp_path / "defaults.yaml").cells()
     assert len(cells) == 1 and cells[0].id.startswith("base-")
 
 

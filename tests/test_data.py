@@ -19,7 +19,14 @@ import torch
 from PIL import Image
 
 from slotlib.data import cache
-from slotlib.data.eurosat import EUROSAT_CLASSES, EuroSAT, default_data_root, find_eurosat, load_eurosat, locate_or_download
+from slotlib.data.eurosat import (
+    EUROSAT_CLASSES,
+    EuroSAT,
+    default_data_root,
+    find_eurosat,
+    load_eurosat,
+    locate_or_download,
+)
 from slotlib.data.splits import split_indices
 from slotlib.data.transforms import build_transforms, make_loaders, normalization, seed_worker
 

@@ -12,12 +12,13 @@ import torch
 import yaml
 from sklearn.metrics import adjusted_rand_score
 
+from slotlib.config import Config, ConfigError, DiscoveryConfig, from_namespace, parse_params
 from slotlib.discover import fit as discovery
-from slotlib.discover.metrics import evaluate as discovery_evaluate
-from slotlib.config import ConfigError, DiscoveryConfig, Config, from_namespace, parse_params
 from slotlib.discover.metrics import adjusted_rand_index, fg_ari
+from slotlib.discover.metrics import evaluate as discovery_evaluate
 from slotlib.discover.model import SlotAutoEncoder, compose, posterior_masks
 from slotlib.layers.slot_attention import GaussianSlots, SlotAttention
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -274,7 +275,6 @@ def test_notebook_parameters_are_the_config_defaults():
 
 def test_describe_dry_run_and_status(tmp_path, capsys):
     from slotlib.cli import main
-    from slotlib.runs.grid import format_status, status_rows
 
     path = tmp_path / "d.yaml"
     path.write_text(yaml.safe_dump({"notebook": "object_discovery.ipynb", "base": {"steps": 100},
@@ -293,7 +293,8 @@ def test_describe_dry_run_and_status(tmp_path, capsys):
 
 def test_notebook_runs_through_grid(tmp_path):
     """Tiny settings, black comparison included; the executed notebook keeps its own name in the cell folder."""
-    from slotlib.runs.grid import format_status, run_grid, status_rows
+    from slotlib.runs.grid import run_grid
+    from slotlib.runs.status import format_status, status_rows
 
     base = {"train_scenes": 48, "val_scenes": 8, "test_scenes": 8, "batch_size": 8, "steps": 6, "warmup_steps": 2,
             "eval_every": 3, "black_steps": 3, "eval_masks": "posterior", "device": "cpu", "num_threads": 1, **TINY}
@@ -331,7 +332,7 @@ def test_target_fg_ari_on_cpu(tmp_path):
 
 
 def test_grid_progress_line_names_both_readouts():
-    from slotlib.runs.grid import done_detail
+    from slotlib.runs.status import done_detail
 
     line = done_detail({"kind": "discovery", "params": {"eval_masks": "posterior"}, "fg_ari": 0.93,
                         "fg_ari_alpha": 0.85, "fg_ari_posterior": 0.93, "test_mse": 0.0124})

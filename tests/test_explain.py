@@ -1,8 +1,6 @@
 """Explanation metrics, attention figures, the explorer, and the attention notebook on a tiny checkpoint."""
 
-import json
 
-import numpy as np
 import pytest
 import torch
 

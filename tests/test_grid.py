@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from slotlib.cli import main
-from slotlib.runs.grid import device_slots, format_status, run_grid, status_rows
+from slotlib.runs.grid import device_slots, run_grid
+from slotlib.runs.status import format_status, status_rows
 
 
 def grid_file(tmp_path, root, grid, **base) -> Path:

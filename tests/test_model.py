@@ -1,15 +1,14 @@
 """SlotClassifier on a timm backbone: shapes, parameter counts, grid axes, weights (fast, CPU)."""
 
-import os
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 
-from slotlib.config import Config, ConfigError
 from slotlib.classify.losses import area_loss, slot_classification_loss
 from slotlib.classify.model import SlotClassifier, sine_position_encoding
+from slotlib.config import Config, ConfigError
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights/mobilenetv2_100.tv_in1k_qnnpack_dequant.pth"
 PX = 64

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from slotlib.runs import report
 from slotlib.cli import main
+from slotlib.runs import report
+from slotlib.runs.folder import GRID_COPY
 
 CLASSES = ["A", "B"]
 
@@ -83,7 +84,7 @@ def test_report_refuses_object_discovery_folders_in_one_sentence(tmp_path, capsy
 
 
 def test_grid_axes_of_a_list_of_products(tmp_path):
-    (tmp_path / report.GRID_COPY).write_text(yaml.safe_dump(
+    (tmp_path / GRID_COPY).write_text(yaml.safe_dump(
         {"grid": [{"head": ["scouter", "linear"]}, {"head": ["scouter"], "lambda_area": [0.0]}], "seeds": [0, 1]}))
     assert report.grid_axes(tmp_path) == ["head", "lambda_area", "seed"]
 

@@ -15,10 +15,10 @@ import yaml
 
 from slotlib.classify import fit as training
 from slotlib.classify import steps
-from slotlib.classify.steps import EpochResult, StagePlan, collapse_of
-from slotlib.runs import files as runfiles
-from slotlib.config import Config, ConfigError
 from slotlib.classify.losses import HeadCollapseError
+from slotlib.classify.steps import EpochResult, StagePlan, collapse_of
+from slotlib.config import Config, ConfigError
+from slotlib.runs import files as runfiles
 from slotlib.runtime import NonFiniteLossError
 
 METRIC_KEYS = {"status", "cell_id", "params", "best_val_acc", "best_stage", "best_epoch", "stage1_best_val_acc",

@@ -20,9 +20,9 @@ from ..data.device import make_device_loaders
 from ..data.eurosat import load_eurosat
 from ..data.splits import split_indices
 from ..data.transforms import make_loaders, normalization
-from ..runs.folder import read_params
+from ..runs.folder import read_metrics, read_params
 from ..runtime import resolve_device, seed_everything
-from .model import SlotClassifier
+from .model import SlotClassifier, check_builds
 
 
 @dataclass
@@ -54,6 +54,7 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     """
     out_dir = Path(out_dir)
     check_run_folder(config, out_dir)
+    check_builds(config.model, config.data.image_size)   # before loading data: a bad backbone fails in seconds
     device = resolve_device(config.train.device)
     dc = config.data
     ds = load_eurosat(dc.data_root, per_class_limit=dc.per_class_limit)
@@ -103,7 +104,11 @@ def tune_for_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def check_run_folder(config: Config, out_dir: Path) -> None:
-    """Refuse a folder that holds a run of different parameters, before anything is written."""
+    """Refuse a folder that holds a run of different parameters, or a finished run that lost its weights,
+    before anything is written; a damaged run file is named with what to do."""
+    metrics = read_metrics(out_dir)
+    if metrics and metrics.get("status") == "done":
+        check_finished(out_dir, metrics)
     old = read_params(out_dir)
     if old is None:
         return
@@ -118,3 +123,12 @@ def check_run_folder(config: Config, out_dir: Path) -> None:
         raise ConfigError(f"{out_dir} already holds a run with different parameters ('{first}': "
                           f"{there.get(first)!r} there, {new.get(first)!r} now); "
                           f"use another output folder or delete that one")
+
+
+def check_finished(out: Path, metrics: dict) -> None:
+    """A finished run is never trained over: without its best.pt it is refused, its results kept."""
+    if not (out / "best.pt").exists():
+        test = metrics.get("test_acc")
+        raise ConfigError(f"{out} holds a finished run" + (f" (test accuracy {test:.2%})" if isinstance(test, float)
+                          else "") + " whose best.pt is missing; its results stay in metrics.json. To train it "
+                          "again, use another output folder, or delete that metrics.json")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..runs.folder import read_params
+from ..runs.folder import load_checkpoint, read_params
 
 
 def class_attention(attn: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -132,7 +132,7 @@ def open_run(run_dir, data_root: str | None = None, device: str | None = None):
     if device is not None:
         params["device"] = device
     exp = prepare(Config.from_params(params), run_dir, progress=False, pretrained=False)  # best.pt has the weights
-    exp.model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True, map_location=exp.device))
+    exp.model.load_state_dict(load_checkpoint(run_dir / "best.pt", exp.device))
     exp.model.eval()
     return exp
 

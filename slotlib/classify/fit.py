@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
 from ..runs.files import run_lock, save_torch_atomic, write_atomic, write_csv, write_json
-from ..runs.folder import read_metrics
+from ..runs.folder import load_checkpoint, read_metrics
 from ..runtime import autocast_dtype, describe_device, git_sha, seed_everything, versions
-from .experiment import Experiment, prepare
+from .experiment import Experiment, check_finished, prepare
 from .losses import HeadCollapseError
 from .steps import StagePlan, collapse_of, evaluate, make_optimizer, set_stage, stage_plans, train_mode, train_one_epoch
 
@@ -73,11 +73,12 @@ def fit(exp: Experiment) -> dict[str, Any]:
 def _fit_locked(exp: Experiment) -> dict[str, Any]:
     out, cfg = exp.out_dir, exp.config
     done = read_metrics(out)
-    if done and done.get("status") == "done" and (out / "best.pt").exists():
+    if done and done.get("status") == "done":
+        check_finished(out, done)
         return done
+    state, resume = load_resume(exp)   # refuses other parameters, other data or a damaged last.pt: nothing written yet
     write_atomic(out / "params.yaml", yaml.safe_dump(cfg.to_params(), sort_keys=False))
     wall_start = time.perf_counter()
-    state, resume = load_resume(exp)
     base = {"cell_id": out.name, "params": cfg.to_params(), "n_params": exp.model.parameter_counts()["n_params"],
             "device": describe_device(exp.device), "versions": versions(), "git_sha": git_sha(),
             "data_fingerprint": exp.data.fingerprint, "split_fingerprint": exp.split_fingerprint}
@@ -107,8 +108,8 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
                           lambda: write_metrics("running"), wall_before, wall_start)
             if plan.index == 1 and state.stage == 1 and cfg.train.stage2_epochs:
                 # stage 2 starts from the best stage-1 weights
-                exp.model.load_state_dict(torch.load(out / "best.pt", weights_only=True, map_location=exp.device))
-        exp.model.load_state_dict(torch.load(out / "best.pt", weights_only=True, map_location=exp.device))
+                exp.model.load_state_dict(load_checkpoint(out / "best.pt", exp.device))
+        exp.model.load_state_dict(load_checkpoint(out / "best.pt", exp.device))
         test = evaluate(exp, step_model, "test")
         per_class = {name: (row[i] / sum(row) if sum(row) else None)
                      for i, (name, row) in enumerate(zip(exp.class_names, test["confusion"]))}
@@ -167,7 +168,8 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         if plan.index == 1:
             state.stage1_best_val_acc = max(state.stage1_best_val_acc or 0.0, val["acc"])
         write_history(out / "history.csv", state.history)
-        save_torch_atomic({"digest": cfg.digest(), "model": exp.model.state_dict(),
+        save_torch_atomic({"digest": cfg.digest(), "data_fingerprint": exp.data.fingerprint,
+                           "split_fingerprint": exp.split_fingerprint, "model": exp.model.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "scaler": scaler.state_dict() if scaler is not None else None,
                            "state": state.__dict__,
@@ -185,13 +187,27 @@ def load_resume(exp: Experiment) -> tuple[RunState, dict | None]:
     path = exp.out_dir / "last.pt"
     if not path.exists():
         return RunState(), None
-    ckpt = torch.load(path, weights_only=True, map_location=exp.device)
+    ckpt = load_checkpoint(path, exp.device)
+    if not isinstance(ckpt, dict) or not {"model", "state"} <= set(ckpt):
+        raise ConfigError(f"{path} is not a slotlib checkpoint (no model and state); delete it to start the cell over")
     if ckpt.get("digest") != exp.config.digest():
         raise ConfigError(f"{path} was written by a run with different parameters (digest {ckpt.get('digest')}, "
                           f"now {exp.config.digest()}); use another output folder or delete it")
+    check_same_data(exp, ckpt, read_metrics(exp.out_dir) or {})
     exp.model.load_state_dict(ckpt["model"])
     state = RunState(**ckpt["state"])
     return state, ckpt
+
+
+def check_same_data(exp: Experiment, ckpt: dict, metrics: dict) -> None:
+    """Refuse to resume on other tiles or another split than the run started with."""
+    for key, now, what in (("data_fingerprint", exp.data.fingerprint, "tiles"),
+                           ("split_fingerprint", exp.split_fingerprint, "train/val/test split")):
+        then = ckpt.get(key, metrics.get(key))
+        if then is not None and then != now:
+            raise ConfigError(f"{exp.out_dir} was started on other {what} ({key} {then}, now {now}): data_root "
+                              f"(EUROSAT_ROOT) or the split's files changed since; point them back at the data the "
+                              f"run started with, or use another output folder")
 
 
 def train(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, ModelConfig
+from ..config import Config, ConfigError, ModelConfig
 from .backbone import create_backbone
 from .heads import create_head, token_norm
 
@@ -114,3 +114,43 @@ def count_parameters(cfg: Config, num_classes: int = 10) -> dict[str, int]:
     if key not in _COUNTS:
         _COUNTS[key] = SlotClassifier(cfg.model, num_classes=num_classes, pretrained=False).parameter_counts()
     return _COUNTS[key]
+
+
+_CHECKED: set[tuple] = set()
+
+
+def check_builds(cfg: ModelConfig, image_size: int, num_classes: int = 10) -> None:
+    """Build the model without weights and run one forward pass at ``image_size``: a backbone name timm does
+    not know, or one that takes a fixed input size, is one sentence now instead of a traceback mid-run.
+
+    Under a forked RNG, so checking does not change the weights the run then draws. Cached per
+    (model parameters, image size).
+    """
+    key = (cfg, image_size, num_classes)
+    if key in _CHECKED:
+        return
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model = SlotClassifier(cfg, num_classes, pretrained=False, image_size=image_size).eval()
+        except ConfigError:
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as err:
+            raise ConfigError(f"parameter 'backbone' is {cfg.backbone!r}, which timm cannot build ({_first(err)}); "
+                              f"use a name from timm.list_models()") from None
+        try:
+            with torch.no_grad():
+                logits, _ = model(torch.zeros(1, 3, image_size, image_size))
+        except (RuntimeError, ValueError, AssertionError) as err:
+            size = getattr(model.backbone, "pretrained_cfg", {}).get("input_size", (None, None))[-1]
+            raise ConfigError(f"timm '{cfg.backbone}' does not take {image_size} px inputs ({_first(err)}); set "
+                              f"'image_size'" + (f" to {size}" if size else " to a size it takes")
+                              + " or choose another backbone") from None
+    if tuple(logits.shape) != (1, num_classes):
+        raise ConfigError(f"timm '{cfg.backbone}' gives logits of shape {tuple(logits.shape)} at {image_size} px; "
+                          f"expected (1, {num_classes})")
+    _CHECKED.add(key)
+
+
+def _first(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

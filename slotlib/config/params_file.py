@@ -140,7 +140,10 @@ def load_params_file(path: str | os.PathLike) -> ParamsFile:
                           f"params/demo.yaml") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"parameters file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
-    return parse_params(raw if raw is not None else {}, path)
+    if not raw and raw != []:   # None (no YAML at all) or {}
+        raise ConfigError(f"parameters file '{path}' is empty; write at least 'base: {{}}' to run every default "
+                          f"(the reference recipe: 100 epochs at 224 px), or see params/demo.yaml")
+    return parse_params(raw, path)
 
 
 def parse_params(raw: Any, path: str = "<params>") -> ParamsFile:

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..config import ConfigError
+
 TILE_SIZE = 64   # EuroSAT tiles are 64 x 64 pixels
+
+
+class DataError(ConfigError):
+    """A data file that is missing, unreadable or not what EuroSAT holds: bad input, named in one sentence."""
 
 
 # Bump when the cache layout changes so stale caches are rebuilt, not misread.
@@ -22,28 +28,22 @@ CACHE_FORMAT = 1
 
 
 def decode_tile(path: str | Path) -> np.ndarray:
-    """Decode one tile to uint8 [64, 64, 3]; ValueError if it is not a 64x64 RGB image.
+    """Decode one tile to uint8 [64, 64, 3]; DataError if it is not a readable 64x64 RGB image.
 
     There is deliberately no ``convert('RGB')`` or resize: a grey, CMYK or
     wrongly sized file is a data problem that should be seen, not hidden.
     """
-    # Opening outside the try lets a missing/unreadable file surface as its own OSError.
-    with open(path, "rb") as fh:
-        try:
-            with Image.open(fh) as img:
-                img.load()
-                mode, size = img.mode, img.size
-                array = np.asarray(img, dtype=np.uint8)
-        except (OSError, SyntaxError) as err:
-            raise ValueError(
-                f"Image {path} could not be decoded ({err}); expected a readable "
-                f"{TILE_SIZE}x{TILE_SIZE} RGB JPEG."
-            ) from err
+    try:
+        with open(path, "rb") as fh, Image.open(fh) as img:
+            img.load()
+            mode, size = img.mode, img.size
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as err:  # missing, truncated, or not an image at all
+        raise DataError(f"tile {path} could not be decoded ({str(err) or type(err).__name__}); replace it with "
+                        f"the {TILE_SIZE}x{TILE_SIZE} RGB JPEG of the EuroSAT release, or delete it") from None
     if mode != "RGB" or size != (TILE_SIZE, TILE_SIZE):
-        raise ValueError(
-            f"Image {path} is {size[0]}x{size[1]} in mode {mode}; expected a "
-            f"{TILE_SIZE}x{TILE_SIZE} RGB image."
-        )
+        raise DataError(f"tile {path} is a {size[0]}x{size[1]} {mode} image, but EuroSAT RGB tiles are "
+                        f"{TILE_SIZE}x{TILE_SIZE} RGB; replace it with the release's tile, or delete it")
     return array
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import urllib.error
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import numpy as np
 
 from .cache import (
     CACHE_FORMAT,
+    DataError,
     cache_paths,
     default_cache_dir,
     read_cache,
@@ -44,8 +46,6 @@ EUROSAT_CLASSES: tuple[str, ...] = (
     "River",
     "SeaLake",
 )
-
-
 
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -97,17 +97,23 @@ def locate_or_download(data_root: str | Path, download: bool = True) -> Path:
     found = find_eurosat(data_root)
     if found is not None:
         return found
+    check_partial(data_root)
     reason = "download=False"
     if download:
+        target = Path(data_root).expanduser() / "eurosat"
+        existed = target.exists()
         try:
             download_eurosat(data_root)
         # URLError is an OSError; RuntimeError is torchvision's "not found"/md5 failure.
         except (urllib.error.URLError, OSError, RuntimeError) as err:
+            if not existed:   # leave nothing behind that the next run could mistake for data
+                shutil.rmtree(target, ignore_errors=True)
             reason = f"the download failed ({type(err).__name__}: {err})"
         else:
             found = find_eurosat(data_root)
             if found is not None:
                 return found
+            check_partial(data_root)
             reason = "the download finished but no class folders appeared"
     looked = ", ".join(str(p) for p in candidate_dirs(data_root))
     raise FileNotFoundError(
@@ -115,6 +121,17 @@ def locate_or_download(data_root: str | Path, download: bool = True) -> Path:
         f"any of [{looked}] and {reason}; set EUROSAT_ROOT or the `data_root` parameter "
         f"to the folder that contains eurosat/2750."
     )
+
+
+def check_partial(data_root: str | Path) -> None:
+    """Refuse a copy that holds some of the class folders but not all, naming the missing ones."""
+    for folder in candidate_dirs(data_root):
+        present = [name for name in EUROSAT_CLASSES if (folder / name).is_dir()]
+        if present:
+            missing = [name for name in EUROSAT_CLASSES if name not in present]
+            raise DataError(f"{folder} holds {len(present)} of the 10 EuroSAT class folders; missing: "
+                            f"{', '.join(missing)}; restore them from the EuroSAT RGB release (or point "
+                            f"EUROSAT_ROOT / data_root at a complete copy)")
 
 
 def natural_key(name: str) -> list[int | str]:
@@ -135,10 +152,8 @@ def list_tiles(image_dir: Path) -> tuple[list[str], list[int], list[int]]:
             if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)
         ]
         if not entries:
-            raise ValueError(
-                f"Class folder {image_dir / cls} holds no .jpg files; every EuroSAT class "
-                f"folder must contain at least one tile."
-            )
+            raise DataError(f"class folder {image_dir / cls} holds no .jpg files; every EuroSAT class "
+                            f"folder must contain at least one tile")
         entries.sort(key=lambda e: natural_key(e.name))
         paths.extend(f"{cls}/{e.name}" for e in entries)
         labels.extend([label] * len(entries))

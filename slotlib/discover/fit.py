@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data.scenes import Scenes, make_scenes
 from ..runs.files import save_torch_atomic, write_atomic, write_csv, write_json
-from ..runs.folder import read_history, read_metrics
+from ..runs.folder import load_checkpoint, read_history, read_metrics
 from ..runtime import NonFiniteLossError, resolve_device
 from .metrics import evaluate, to_input
 from .model import SlotAutoEncoder
@@ -103,7 +103,7 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
     model = SlotAutoEncoder.from_config(cfg)
     done = read_metrics(out)
     if done and done.get("trained") and done.get("digest") == cfg.digest() and (out / "model.pt").exists():
-        model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+        model.load_state_dict(load_checkpoint(out / "model.pt"))
         return DiscoveryRun(cfg, out, model, splits, done)
 
     model.to(device)

@@ -1,7 +1,9 @@
 """Reading a cell folder: the one place that does (status, report, resume and the grid all use it).
 
 A cell folder holds ``params.yaml``, ``history.csv``, ``metrics.json`` (``status``: running,
-done or failed), ``best.pt`` and ``last.pt`` (DESIGN.md, "One cell's folder").
+done or failed), ``best.pt`` and ``last.pt`` (DESIGN.md, "One cell's folder"). A file that is
+there but cannot be read is a :class:`DamagedRunFile`, which names the file and what to do; the
+grid's status and report list that cell with its problem and carry on with the others.
 """
 
 from __future__ import annotations
@@ -10,18 +12,42 @@ import csv
 import json
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..config import ConfigError
+
+PARAMS, HISTORY, METRICS = "params.yaml", "history.csv", "metrics.json"
+GRID_COPY = "grid.yaml"   # in a grid's folder: the params file that made it
+STATUSES = ("running", "done", "failed")
+
+
+class DamagedRunFile(ConfigError):
+    """A run file that exists but cannot be read (garbage, truncated, wrong shape)."""
+
+
+def _damaged(path: Path, why: str, remedy: str) -> DamagedRunFile:
+    return DamagedRunFile(f"{path} is damaged ({why}); {remedy}")
+
 
 def read_metrics(cell_dir: str | os.PathLike) -> dict | None:
     """A run folder's metrics.json, or None before the run has written one."""
+    path = Path(cell_dir) / METRICS
     try:
-        return json.loads((Path(cell_dir) / "metrics.json").read_text())
+        text = path.read_text()
     except FileNotFoundError:
         return None
+    remedy = "delete it to run the cell again (training resumes from last.pt)"
+    try:
+        metrics = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _damaged(path, f"not JSON: {err}", remedy) from None
+    if not isinstance(metrics, dict) or metrics.get("status") not in STATUSES:
+        raise _damaged(path, f"not a JSON object with a 'status' of {', '.join(STATUSES)}", remedy)
+    return metrics
 
 
 def cell_status(cell_dir: Path) -> str:
@@ -30,31 +56,79 @@ def cell_status(cell_dir: Path) -> str:
     return metrics["status"] if metrics else "pending"
 
 
-PARAMS, HISTORY, METRICS = "params.yaml", "history.csv", "metrics.json"
-
-
 def read_params(cell_dir: str | os.PathLike) -> dict[str, Any] | None:
     """A run folder's params.yaml (flat name -> value), or None before the run has written one."""
+    path = Path(cell_dir) / PARAMS
     try:
-        return yaml.safe_load((Path(cell_dir) / PARAMS).read_text()) or {}
+        params = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         return None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise _damaged(path, f"not YAML: {str(err).splitlines()[0]}", "delete it; the run rewrites it") from None
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _damaged(path, "not a mapping of parameter names to values", "delete it; the run rewrites it")
+    return params
 
 
 def read_history(cell_dir: str | os.PathLike) -> list[dict[str, float]]:
     """A run folder's history.csv as rows of floats (NaN where a column is empty), oldest first."""
-    with open(Path(cell_dir) / HISTORY) as f:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+    path = Path(cell_dir) / HISTORY
+    try:
+        with open(path) as f:
+            return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
+                    for row in csv.DictReader(f)]
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as err:
+        raise _damaged(path, f"not a table of numbers: {err}", "delete it; the run rewrites it") from None
 
 
-def read_history_table(cell_dir: str | os.PathLike):
-    """A run folder's history.csv as a pandas DataFrame (for tables and plots)."""
+def read_history_table(cell_dir: str | os.PathLike, columns: tuple[str, ...] = ("val_acc",)):
+    """A run folder's history.csv as a pandas DataFrame (for tables and plots); the ``columns`` must be there."""
     import pandas as pd
 
-    return pd.read_csv(Path(cell_dir) / HISTORY)
+    path = Path(cell_dir) / HISTORY
+    if not path.exists():
+        raise DamagedRunFile(f"{path} is missing; the run writes it after its first epoch")
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise _damaged(path, f"not a CSV table: {str(err).splitlines()[0]}", "delete it; the run rewrites it") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing or any(table[c].dtype.kind not in "if" for c in columns):
+        raise _damaged(path, f"no numeric column {missing[0] if missing else columns[0]!r}",
+                       "delete it; the run rewrites it")
+    return table
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` of a run's checkpoint with ``weights_only=True``; an unreadable one is a DamagedRunFile."""
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, weights_only=True, map_location=map_location)
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, which would run whatever code the file holds: never.
+        raise DamagedRunFile(f"{path} holds objects other than tensors and plain values, so slotlib will not "
+                             f"load it (unpickling it could run code); it was not written by slotlib: delete it "
+                             f"or move it away") from None
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError) as err:   # truncated or not a torch file
+        raise _damaged(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}",
+                       "delete it (last.pt: the cell starts over; best.pt: retrain the cell)") from None
 
 
 def cell_dirs(out_root: str | os.PathLike) -> list[Path]:
     """The cell folders under a grid's folder (those holding params.yaml or metrics.json), by name."""
     return sorted(p for p in Path(out_root).iterdir()
                   if p.is_dir() and ((p / PARAMS).exists() or (p / METRICS).exists()))
+
+
+def grid_copies(out_root: str | os.PathLike) -> list[Path]:
+    """The params files a grid folder was made from: grid.yaml, then any added with ``--add-cells``."""
+    out_root = Path(out_root)
+    first = out_root / GRID_COPY
+    added = sorted(out_root.glob("grid-added-*.yaml"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    return ([first] if first.exists() else []) + added

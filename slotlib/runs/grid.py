@@ -32,8 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Cell, ConfigError, DiscoveryConfig, load_params_file
-from .folder import cell_dirs, cell_status, read_metrics, read_params
+import yaml
+
+from ..config import Cell, Config, ConfigError, DiscoveryConfig, load_params_file
+from .folder import GRID_COPY, DamagedRunFile, cell_status, grid_copies, read_metrics
+from .status import done_detail
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"   # slotlib/runs/grid.py -> repository root
 
@@ -42,9 +45,6 @@ TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
 
 
 CELL_LOG = "log.txt"
-
-
-GRID_COPY = "grid.yaml"
 
 
 KERNEL_START_GAP_S = 1.5  # kernels started at the same instant can race for the same ports
@@ -74,7 +74,10 @@ def record_failure(cell: Cell, cell_dir: Path, error: str) -> None:
     """Mark a cell failed when its notebook died without saying so itself (kernel died, bad data...)."""
     from .files import write_json
 
-    metrics = read_metrics(cell_dir) or {"cell_id": cell.id, "params": cell.config.to_params()}
+    try:
+        metrics = read_metrics(cell_dir) or {"cell_id": cell.id, "params": cell.config.to_params()}
+    except DamagedRunFile:
+        return  # named as damaged by status and the report; never overwritten
     if metrics.get("status") == "failed" and metrics.get("error"):
         return  # the run recorded its own, more precise error
     write_json(cell_dir / "metrics.json", {**metrics, "status": "failed", "error": error})
@@ -140,19 +143,11 @@ def count_cell_parameters(cell: Cell) -> int:
     return count_parameters(cell.config)["n_params"]
 
 
-def done_detail(metrics: dict[str, Any]) -> str:
-    """The headline numbers of a finished cell, for the grid's progress lines."""
-    if metrics.get("kind") == "discovery":
-        nan, masks = float("nan"), metrics.get("params", {}).get("eval_masks", "alpha")
-        return (f"fg-ari {metrics.get('fg_ari', nan):.4f} ({masks} masks; alpha {metrics.get('fg_ari_alpha', nan):.4f}, "
-                f"posterior {metrics.get('fg_ari_posterior', nan):.4f}) mse {metrics.get('test_mse', nan):.5f}")
-    return f"val {metrics.get('best_val_acc'):.4f} test {metrics.get('test_acc'):.4f}"
-
-
 def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, jobs: int = 1,
              devices: list[str] | None = None, retry_failed: bool = False, dry_run: bool = False,
-             notebook: str | os.PathLike | None = None, echo: Callable[[str], Any] = print) -> dict[str, str]:
-    """Run every cell not yet done; returns cell id -> final status.
+             notebook: str | os.PathLike | None = None, add_cells: bool = False,
+             echo: Callable[[str], Any] = print) -> dict[str, str]:
+    """Run every cell not yet done; returns cell id -> final status ('damaged': a run file is unreadable).
 
     ``notebook`` defaults to the one the params file names (``notebook:``, in notebooks/), else train.ipynb.
     """
@@ -164,18 +159,21 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
     notebook = Path(notebook) if notebook is not None else NOTEBOOKS / pf.notebook
     if not notebook.exists():
         raise ConfigError(f"notebook {notebook} does not exist")
+    validate_cells(cells)
+    copy = check_grid_folder(out_root, params_path, add_cells)
     if dry_run:
         for cell in cells:
-            echo(f"{cell.id}  {cell_status(out_root / cell.id):8s}  n_params={count_cell_parameters(cell):,}")
-        return {c.id: cell_status(out_root / c.id) for c in cells}
+            echo(f"{cell.id}  {safe_status(out_root / cell.id)[0]:8s}  n_params={count_cell_parameters(cell):,}")
+        return {c.id: safe_status(out_root / c.id)[0] for c in cells}
 
     out_root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(params_path, out_root / GRID_COPY)
+    if copy is not None:
+        shutil.copyfile(params_path, copy)
     todo = []
     for cell in cells:
-        status = cell_status(out_root / cell.id)
-        if status == "done" or (status == "failed" and not retry_failed):
-            echo(f"skip  {cell.id}  ({status})")
+        status, problem = safe_status(out_root / cell.id)
+        if status in ("done", "damaged") or (status == "failed" and not retry_failed):
+            echo(f"skip  {cell.id}  ({status}{': ' + problem if problem else ''})")
             continue
         todo.append(cell)
     free = device_slots(devices, jobs)
@@ -198,8 +196,8 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
                 if r.process.returncode != 0:
                     record_failure(r.cell, cell_dir, f"notebook exited with code {r.process.returncode}: "
                                                      f"{last_error_line(cell_dir / CELL_LOG)}")
-                status = cell_status(cell_dir)
-                metrics = read_metrics(cell_dir) or {}
+                status, problem = safe_status(cell_dir)
+                metrics = (read_metrics(cell_dir) or {}) if problem is None else {"error": problem}
                 detail = done_detail(metrics) if status == "done" else metrics.get("error") or ""
                 echo(f"{status:5s} {r.cell.id}  {detail}")
     except KeyboardInterrupt:
@@ -209,58 +207,44 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
         for r in running:
             r.process.wait()
         raise
-    return {c.id: cell_status(out_root / c.id) for c in cells}
+    return {c.id: safe_status(out_root / c.id)[0] for c in cells}
 
 
-def status_rows(out_root: str | os.PathLike) -> list[dict[str, Any]]:
-    """One row per cell folder (and per pending cell of the grid's params file, when known)."""
-    out_root = Path(out_root)
-    ids: list[str] = []
-    planned_steps: dict[str, int] = {}   # object-discovery cells of the grid, known before they start
-    if (out_root / GRID_COPY).exists():
-        cells = load_params_file(out_root / GRID_COPY).cells()
-        ids = [c.id for c in cells]
-        planned_steps = {c.id: c.config.steps for c in cells if isinstance(c.config, DiscoveryConfig)}
-    ids += [p.name for p in cell_dirs(out_root) if p.name not in ids]
-    rows = []
-    for cell_id in ids:
-        metrics = read_metrics(out_root / cell_id) or {}
-        planned, p = planned_steps.get(cell_id), read_params(out_root / cell_id)
-        if p is None:
-            p = {}
-        else:
-            planned = p["steps"] if "steps" in p else p.get("stage1_epochs", 0) + p.get("stage2_epochs", 0)
-        if metrics.get("kind") == "discovery" or "steps" in p or cell_id in planned_steps:
-            # Object discovery: progress in steps; validation and test FG-ARI in the accuracy columns.
-            rows.append({"id": cell_id, "status": metrics.get("status", "pending"), "kind": "discovery",
-                         "epochs": metrics.get("steps_done"), "planned": planned,
-                         "best_val_acc": metrics.get("val_fg_ari"), "test_acc": metrics.get("fg_ari"),
-                         "error": metrics.get("error")})
-            continue
-        rows.append({"id": cell_id, "status": metrics.get("status", "pending"), "epochs": metrics.get("epochs_done"),
-                     "planned": planned, "best_val_acc": metrics.get("best_val_acc"),
-                     "test_acc": metrics.get("test_acc"), "error": metrics.get("error")})
-    return rows
+def safe_status(cell_dir: Path) -> tuple[str, str | None]:
+    """(status, problem): 'damaged' and the sentence naming the file when a run file cannot be read."""
+    try:
+        return cell_status(cell_dir), None
+    except DamagedRunFile as err:
+        return "damaged", str(err)
 
 
-def format_status(rows: list[dict[str, Any]]) -> str:
-    """One line per cell; a grid of object-discovery cells shows steps and FG-ARI (val, test) instead."""
-    def pct(v):
-        return f"{100 * v:6.2f}%" if isinstance(v, (int, float)) else "      -"
-    width = max([len(r["id"]) for r in rows] + [4])
-    discovery = bool(rows) and all(r.get("kind") == "discovery" for r in rows)
-    lines = [f"{'cell':{width}s}  status   " + ("   steps  val fg-ari  fg-ari" if discovery else
-                                                  "epochs  best val     test")]
-    for r in rows:
-        epochs = f"{r['epochs'] or 0}/{r['planned'] or '?'}"
-        if discovery:
-            line = f"{r['id']:{width}s}  {r['status']:7s}  {epochs:>11s}  {pct(r['best_val_acc']):>9s}  {pct(r['test_acc'])}"
-        else:
-            line = f"{r['id']:{width}s}  {r['status']:7s}  {epochs:>6s}  {pct(r['best_val_acc'])}  {pct(r['test_acc'])}"
-        if r["status"] == "failed" and r["error"]:
-            line += f"  {r['error'][:120]}"
-        lines.append(line)
-    return "\n".join(lines)
+def validate_cells(cells: list[Cell]) -> None:
+    """Build each distinct classifier once (no weights) and run it at its image size, before any cell starts."""
+    models = {(c.config.model, c.config.data.image_size) for c in cells if isinstance(c.config, Config)}
+    if not models:
+        return
+    from ..classify.model import check_builds
+
+    for model, image_size in sorted(models, key=str):
+        check_builds(model, image_size)
+
+
+def check_grid_folder(out_root: Path, params_path: str | os.PathLike, add_cells: bool) -> Path | None:
+    """Where to keep a copy of the params file (None: the folder already holds this one).
+
+    A grid folder remembers the params file that made it and refuses another (its cells would mix with
+    this one's in status and the report) unless ``add_cells``.
+    """
+    copies = grid_copies(out_root) if out_root.is_dir() else []
+    new = yaml.safe_load(Path(params_path).read_text())
+    if any(yaml.safe_load(c.read_text()) == new for c in copies):
+        return None
+    if not copies:
+        return out_root / GRID_COPY
+    if not add_cells:
+        raise ConfigError(f"{out_root} holds a grid made from another params file (its copy: {copies[0]}); use "
+                          f"another --out folder, or pass --add-cells to add the cells of {params_path} to it")
+    return out_root / f"grid-added-{len(copies)}.yaml"
 
 
 def _run_cell_main(notebook: str, cell_dir: str, params_json: str) -> int:

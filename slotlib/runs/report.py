@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import grid_products
-from .folder import cell_dirs, read_history_table, read_metrics
-from .grid import GRID_COPY, NOTEBOOKS, execute_notebook
+from .folder import DamagedRunFile, cell_dirs, grid_copies, read_history_table, read_metrics
+from .grid import NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
 
@@ -28,13 +28,13 @@ def grid_axes(runs_dir: str | os.PathLike) -> list[str]:
     """The parameters the grid varies (from its params file), seed last when seeds are given."""
     import yaml
 
-    path = Path(runs_dir) / GRID_COPY
-    if not path.exists():
-        return []
-    raw = yaml.safe_load(path.read_text()) or {}
-    products = grid_products(raw.get("grid") or {})             # a list of products: their axes, in order
-    axes = list(dict.fromkeys(name for product in products for name in product))
-    return axes + (["seed"] if raw.get("seeds") else [])
+    axes, seeds = [], False
+    for path in grid_copies(runs_dir):                           # grid.yaml, then files added with --add-cells
+        raw = yaml.safe_load(path.read_text()) or {}
+        products = grid_products(raw.get("grid") or {})         # a list of products: their axes, in order
+        axes += [name for product in products for name in product]
+        seeds = seeds or bool(raw.get("seeds"))
+    return list(dict.fromkeys(axes)) + (["seed"] if seeds else [])
 
 
 def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
@@ -43,7 +43,11 @@ def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
     axes = grid_axes(runs_dir)
     rows = []
     for cell_dir in cell_dirs(runs_dir):
-        m = read_metrics(cell_dir)
+        try:
+            m = read_metrics(cell_dir)
+        except DamagedRunFile as err:   # listed with its problem; the other cells still report
+            rows.append({"cell": cell_dir.name, "status": "damaged", "error": str(err)})
+            continue
         if m is None:
             continue
         params = m.get("params", {})
@@ -79,7 +83,8 @@ def explanations(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def failed(table: pd.DataFrame) -> pd.DataFrame:
-    return table[table["status"] == "failed"][["cell", "error"]].reset_index(drop=True)
+    """Failed cells and cells whose run files are damaged, with the whole error of each."""
+    return table[table["status"].isin(["failed", "damaged"])][["cell", "status", "error"]].reset_index(drop=True)
 
 
 def sortable_html(table: pd.DataFrame, float_format: str = "{:.4f}") -> str:
@@ -135,7 +140,11 @@ def plot_top_curves(runs_dir: str | os.PathLike, table: pd.DataFrame, k: int = 3
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for cell in ranked(table)["cell"].head(k):
-        h = read_history_table(Path(runs_dir) / cell)
+        try:
+            h = read_history_table(Path(runs_dir) / cell)
+        except DamagedRunFile as err:   # the curve is left out and the problem said on the figure
+            ax.plot([], [], label=f"{cell}: {err}"[:120])
+            continue
         ax.plot(np.arange(1, len(h) + 1), h["val_acc"], label=cell)
     ax.set(xlabel="epoch (both stages)", ylabel="val accuracy", title=f"top {k} cells by validation accuracy")
     ax.legend(fontsize=7)
@@ -162,9 +171,18 @@ def render(runs_dir: str | os.PathLike) -> Path:
     from nbconvert import HTMLExporter
 
     runs_dir = Path(runs_dir).resolve()
-    kinds = {(read_metrics(d) or {}).get("kind") for d in cell_dirs(runs_dir) if (d / "metrics.json").exists()}
+    from ..config import ConfigError
+
+    if not runs_dir.is_dir() or not cell_dirs(runs_dir):
+        raise ConfigError(f"{runs_dir} holds no cell folders (folders with params.yaml or metrics.json); run "
+                          f"`slotlib grid PARAMS.yaml --out {runs_dir}` first, or name the folder a grid wrote to")
+    kinds = set()
+    for d in cell_dirs(runs_dir):
+        try:
+            kinds.add((read_metrics(d) or {}).get("kind"))
+        except DamagedRunFile:
+            pass
     if kinds == {"discovery"}:
-        from ..config import ConfigError
         raise ConfigError(f"{runs_dir} holds object-discovery cells, and the report covers classifier grids only; "
                           f"use 'slotlib status {runs_dir}' and each cell's executed object_discovery.ipynb")
     executed = runs_dir / "analysis.ipynb"
