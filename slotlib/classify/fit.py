@@ -76,7 +76,7 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
     if done and done.get("status") == "done":
         check_finished(out, done)
         return done
-    state, resume = load_resume(exp)   # refuses other parameters, other data or a damaged last.pt: nothing written yet
+    state, resume = load_resume(exp, done or {})   # refuses other parameters, other data or a damaged last.pt: nothing written yet
     write_atomic(out / "params.yaml", yaml.safe_dump(cfg.to_params(), sort_keys=False))
     wall_start = time.perf_counter()
     base = {"cell_id": out.name, "params": cfg.to_params(), "n_params": exp.model.parameter_counts()["n_params"],
@@ -182,7 +182,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
                            best=f"{state.best_val_acc:.3f}")
 
 
-def load_resume(exp: Experiment) -> tuple[RunState, dict | None]:
+def load_resume(exp: Experiment, metrics: dict) -> tuple[RunState, dict | None]:
     """RunState and the checkpoint from last.pt, or a fresh state. Refuses a checkpoint of other parameters."""
     path = exp.out_dir / "last.pt"
     if not path.exists():
@@ -193,7 +193,7 @@ def load_resume(exp: Experiment) -> tuple[RunState, dict | None]:
     if ckpt.get("digest") != exp.config.digest():
         raise ConfigError(f"{path} was written by a run with different parameters (digest {ckpt.get('digest')}, "
                           f"now {exp.config.digest()}); use another output folder or delete it")
-    check_same_data(exp, ckpt, read_metrics(exp.out_dir) or {})
+    check_same_data(exp, ckpt, metrics)   # metrics: the folder's metrics.json, read once by the caller
     exp.model.load_state_dict(ckpt["model"])
     state = RunState(**ckpt["state"])
     return state, ckpt

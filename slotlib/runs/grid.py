@@ -235,7 +235,7 @@ def check_grid_folder(out_root: Path, params_path: str | os.PathLike, add_cells:
     A grid folder remembers the params file that made it and refuses another (its cells would mix with
     this one's in status and the report) unless ``add_cells``.
     """
-    copies = grid_copies(out_root) if out_root.is_dir() else []
+    copies = grid_copies(out_root)   # none when the folder does not exist yet
     new = yaml.safe_load(Path(params_path).read_text())
     if any(yaml.safe_load(c.read_text()) == new for c in copies):
         return None
