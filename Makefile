@@ -10,6 +10,15 @@ STAMP   := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cks
 UV      := $(VENV)/bin/uv
 PYTEST_ARGS ?=
 
+# Imported once at set-up with bytecode writing on, so that every later process (each grid cell's
+# kernel, the report, the tests) reads cached .pyc files instead of compiling torch, timm and
+# torchvision again: 20 s per process on 2 cores where PYTHONDONTWRITEBYTECODE is set, 8 s after.
+# Cheaper than uv's --compile-bytecode, which compiles every installed file (27 s more set-up).
+export WARM_IMPORTS := import torch, timm, torchvision, pandas, matplotlib.pyplot, seaborn, papermill, nbconvert, \
+	ipykernel.kernelapp, ipywidgets, matplotlib_inline.backend_inline, slotlib.cli, slotlib.classify.fit, \
+	slotlib.classify.explain, slotlib.classify.attention_plots, slotlib.classify.plots, slotlib.runs.report, \
+	slotlib.runs.report_figures, slotlib.discover.fit
+
 .PHONY: setup test test-slow demo lab lock clean-venv
 
 setup: $(STAMP)
@@ -19,7 +28,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
 	$(UV) pip sync --quiet --python $(PY) requirements.lock
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
-	$(PY) -c "import timm, torchvision, slotlib; print('environment ok: torch', __import__('torch').__version__, 'timm', timm.__version__)"
+	PYTHONDONTWRITEBYTECODE= $(PY) -c "$$WARM_IMPORTS; print('environment ok: torch', torch.__version__, 'timm', timm.__version__)"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

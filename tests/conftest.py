@@ -57,3 +57,19 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "slotlib_cache"
     monkeypatch.setenv("SLOTLIB_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_root, tmp_path_factory):
+    """A finished SCOUTER cell (2 slots per class) trained for one epoch per stage on the tiny tiles."""
+    from slotlib.classify import fit as training
+    from slotlib.config import Config
+
+    out = tmp_path_factory.mktemp("explain") / "cell"
+    cfg = Config.from_params({"data_root": str(tiny_root), "image_size": 64, "batch_size": 16, "pretrained": False,
+                              "hidden_dim": 32, "slot_iters": 2, "slots_per_class": 2, "stage1_epochs": 1,
+                              "stage2_epochs": 1, "device": "cpu", "explain_tiles": 10})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLOTLIB_CACHE", str(tmp_path_factory.getbasetemp() / "slotlib_cache"))
+        metrics = training.train(cfg, out, progress=False)
+    return out, metrics

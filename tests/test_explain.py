@@ -1,12 +1,11 @@
 """Explanation metrics, attention figures, the explorer, and the attention notebook on a tiny checkpoint."""
 
 
+import numpy as np
 import pytest
 import torch
 
 from slotlib.classify import attention_plots, explain
-from slotlib.classify import fit as training
-from slotlib.config import Config
 from slotlib.runs.grid import NOTEBOOKS, execute_notebook
 
 
@@ -32,18 +31,6 @@ def test_deletion_and_insertion_reward_the_true_evidence():
     assert ((0 <= d_right) & (d_right <= 1) & (0 <= i_right) & (i_right <= 1)).all()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("explain") / "cell"
-    cfg = Config.from_params({"data_root": str(tiny_root), "image_size": 64, "batch_size": 16, "pretrained": False,
-                              "hidden_dim": 32, "slot_iters": 2, "slots_per_class": 2, "stage1_epochs": 1,
-                              "stage2_epochs": 1, "device": "cpu", "explain_tiles": 10})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLOTLIB_CACHE", str(tmp_path_factory.getbasetemp() / "slotlib_cache"))
-        metrics = training.train(cfg, out, progress=False)
-    return out, metrics
-
-
 def test_metrics_json_holds_the_explanation_metrics(tiny_run):
     _, metrics = tiny_run
     assert metrics["explained_tiles"] == 10
@@ -66,7 +53,7 @@ def test_explorer_updates_on_every_control(tiny_run, isolated_cache):
     out, _ = tiny_run
     pred = explain.predict_split(explain.open_run(out), "test")
     box = attention_plots.explorer(pred, [f"c{k}" for k in range(10)])
-    (cls, only_wrong), (tile, slot), output = box.children[0].children, box.children[1].children, box.children[2]
+    (cls, only_wrong), (tile, slot), _output = box.children[0].children, box.children[1].children, box.children[2]
     assert tile.max == len(pred.labels) - 1
     cls.value = int(pred.labels[0])
     assert tile.max == int((pred.labels == pred.labels[0]).sum()) - 1
@@ -83,3 +70,40 @@ def test_attention_notebook_runs_on_a_tiny_checkpoint(tiny_run, isolated_cache, 
     executed = nbformat.read(tmp_path / "attention.ipynb", as_version=4)
     images = sum("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert images >= 3
+
+
+def test_a_run_writes_the_report_maps_of_fixed_test_tiles(tiny_run):
+    from slotlib.runs.folder import read_maps
+
+    out, metrics = tiny_run
+    maps = read_maps(out)                                   # numpy alone: what the report reads
+    k = len(metrics["class_names"])
+    assert list(maps["class_names"]) == metrics["class_names"] and str(maps["head"]) == "scouter"
+    in_test = [c for c, row in enumerate(metrics["test_confusion"]) if sum(row)]
+    assert sorted(set(maps["labels"].tolist())) == in_test                  # every class of the test split shown
+    assert (np.bincount(maps["labels"], minlength=k) <= 2).all()            # heatmap_tiles: 2 per class
+    m = len(maps["labels"])
+    assert maps["tiles"].shape == (m, 64, 64, 3) and maps["tiles"].dtype == np.uint8
+    assert maps["maps"].shape[:2] == (m, k) and maps["mean_maps"].shape == (k, *maps["maps"].shape[2:])
+    assert np.allclose(maps["probs"].astype(float).sum(1), 1, atol=1e-2)
+    assert (maps["preds"] == maps["probs"].argmax(1)).all()
+    assert ((maps["maps"] >= 0) & (maps["maps"] <= 2)).all()               # 2 slots' sigmoid attention summed
+    assert (out / "maps.npz").stat().st_size < 500_000
+
+
+def test_maps_can_be_rewritten_from_best_pt(tiny_run, tmp_path, tiny_root, monkeypatch):
+    import shutil
+
+    from slotlib.classify.explain import main as explain_main
+    from slotlib.runs.folder import read_maps
+
+    out, _ = tiny_run
+    copy = tmp_path / "cell"
+    shutil.copytree(out, copy)
+    before = read_maps(copy)
+    (copy / "maps.npz").unlink()
+    monkeypatch.setenv("SLOTLIB_CACHE", str(tmp_path / "cache"))
+    assert explain_main([str(copy)]) == 0
+    after = read_maps(copy)
+    assert (after["indices"] == before["indices"]).all()
+    assert np.allclose(after["maps"].astype(float), before["maps"].astype(float), atol=1e-2)

@@ -122,3 +122,16 @@ def test_sigkill_of_the_runner_then_rerun_recomputes_no_finished_cell(tmp_path, 
     for cell_id, stamp in done_before.items():
         assert (out / cell_id / "metrics.json").stat().st_mtime_ns == stamp, f"{cell_id} was recomputed"
         assert f"skip  {cell_id}" in rerun.stdout
+
+
+def test_missing_weights_are_one_sentence_before_any_cell_starts(tmp_path, tiny_root, capsys, monkeypatch):
+    """pretrained: true without reachable weights: the runner says so once and starts nothing (before,
+    every cell failed on its own, each after the hub's retries)."""
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    monkeypatch.setenv("SLOTLIB_WEIGHTS", str(empty))
+    params = grid_file(tmp_path, tiny_root, {"head": ["scouter", "slot"]}, backbone="mobilenetv2_100", pretrained=True)
+    assert main(["grid", str(params), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("holds no weights for 'mobilenetv2_100'") == 1 and "pretrained: false" in err
+    assert not (tmp_path / "out").exists()

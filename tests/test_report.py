@@ -7,19 +7,37 @@ import pytest
 import yaml
 
 from slotlib.cli import main
-from slotlib.runs import report
+from slotlib.runs import report, report_figures
 from slotlib.runs.folder import GRID_COPY
 
 CLASSES = ["A", "B"]
 
 
+def write_maps(folder, head, k=2, per_class=1, grid=7):
+    """A maps.npz as a run writes it: class c's map lights up the tile's upper left for c == 0."""
+    rng = np.random.default_rng(0)
+    m = k * per_class
+    maps = rng.uniform(0, 0.2, size=(m, k, grid, grid)).astype(np.float16)
+    maps[0, 0, :3, :3] = 0.9
+    probs = np.full((m, k), 0.1 / (k - 1), dtype=np.float16)
+    probs[np.arange(m), np.arange(m) % k] = 0.9
+    np.savez_compressed(folder / "maps.npz", tiles=rng.integers(0, 255, size=(m, 64, 64, 3), dtype=np.uint8),
+                        labels=np.arange(m) % k, preds=np.arange(m) % k, probs=probs, maps=maps,
+                        mean_maps=maps.astype(np.float32).mean(0), class_names=np.array(CLASSES),
+                        head=np.array(head), indices=np.arange(m))
+
+
 def write_cell(root, cell_id, head, seed, val, test, status="done", error=None):
     folder = root / cell_id
     folder.mkdir(parents=True)
+    done = status == "done"
     (folder / "metrics.json").write_text(json.dumps({
         "status": status, "cell_id": cell_id, "params": {"head": head, "seed": seed},
         "best_val_acc": val, "test_acc": test, "best_stage": 2, "best_epoch": 3, "n_params": 1000 if head == "linear"
-        else 2000, "wall_seconds": 10.0, "train_images_per_second": 100.0, "error": error}))
+        else 2000, "wall_seconds": 10.0, "train_images_per_second": 100.0, "error": error,
+        **({"test_confusion": [[9, 1], [2, 8]], "class_names": CLASSES} if done else {})}))
+    if done:
+        write_maps(folder, head)
     rows = ["stage,epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_second"]
     rows += [f"{1 if e < 2 else 2},{e},1.0,0.5,1.0,{(val or 0) * (e + 1) / 4:.4f},0.001,1.0,100" for e in range(4)]
     (folder / "history.csv").write_text("\n".join(rows) + "\n")
@@ -57,6 +75,39 @@ def test_report_renders_html_with_plots(grid_dir, capsys):
     assert "report.collect(" not in page  # code is hidden
 
 
+def test_report_leads_with_the_best_cell_and_the_reference_in_percent(grid_dir):
+    table = report.collect(grid_dir)
+    line = report.headline(table, ["head", "seed"])
+    assert "scouter_seed1-bb" in line and "test 90.00%" in line and "validation 92.00%" in line
+    assert "over 2 seeds: test 89.50% ± 0.71%" in line and "98.54%" in line and "2.66M" in line
+    summary = report.table_html(report.seed_summary(table, ["head", "seed"]).reset_index(), sortable=False)
+    assert "91.00%" in summary and "–" in summary and "nan" not in summary.lower()   # one linear seed: no spread
+    assert "overflow-x:auto" in summary
+    assert [report.pct(v) for v in (0.98543, None, float("nan"))] == ["98.54%", "–", "–"]
+
+
+def test_report_draws_heatmaps_confusion_and_per_class_accuracy(grid_dir):
+    assert report.best_per_head(report.collect(grid_dir)) == ["scouter_seed1-bb", "linear_seed0-cc"]
+    per_class = report.per_class_table(json.loads((grid_dir / "scouter_seed0-aa" / "metrics.json").read_text()))
+    assert list(per_class["test accuracy"]) == pytest.approx([0.9, 0.8])
+    assert list(per_class["most confused with"]) == ["B", "A"]
+    assert main(["report", str(grid_dir)]) == 0
+    page = (grid_dir / "report.html").read_text()
+    assert "scouter_seed1-bb (scouter head, test 90.00%)" in page and "linear_seed0-cc (linear head" in page
+    assert page.count("data:image/png;base64") >= 2 * 2 + 1 + 3   # heatmaps and mean maps of 2 cells, confusion, 3 plots
+    assert "most confused with" in page
+    assert "https://cdnjs" not in page and "require.min.js" not in page   # offline: nothing fetched from a CDN
+
+
+def test_a_missing_or_damaged_maps_file_is_said_and_the_report_goes_on(grid_dir):
+    (grid_dir / "scouter_seed1-bb" / "maps.npz").write_bytes(b"garbage")
+    (grid_dir / "linear_seed0-cc" / "maps.npz").unlink()
+    assert main(["report", str(grid_dir)]) == 0
+    page = (grid_dir / "report.html").read_text()
+    assert "maps.npz is damaged (not a numpy archive" in page
+    assert "maps.npz is missing" in page and "python -m slotlib.classify.explain" in page
+
+
 def test_report_of_missing_folder_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
 
@@ -90,5 +141,5 @@ def test_grid_axes_of_a_list_of_products(tmp_path):
 
 
 def test_axis_labels_name_null_and_whole_numbers_as_written():
-    assert [report.axis_label(v) for v in (None, float("nan"), 32.0, 0.05, "scouter", True)] == [
+    assert [report_figures.axis_label(v) for v in (None, float("nan"), 32.0, 0.05, "scouter", True)] == [
         "null", "null", "32", "0.05", "scouter", "True"]

@@ -243,3 +243,26 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     runfiles.write_atomic(tmp_path / "f.txt", "x")
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~runfiles._UMASK
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("batchnorm", ["train", "frozen"])
+def test_stage2_batchnorm_frozen_keeps_the_running_statistics(batchnorm):
+    """stage2_batchnorm: 'frozen' fine-tunes the weights but normalises with (and keeps) the running
+    statistics; 'train' (the reference) updates them from the batches."""
+    from slotlib.classify.model import SlotClassifier
+    from slotlib.classify.steps import set_stage, train_mode
+
+    cfg = Config.from_params({"backbone": "mobilenetv2_100", "pretrained": False, "image_size": 64,
+                              "feature_stride": 8, "head": "slot", "stage2_batchnorm": batchnorm})
+    model = SlotClassifier(cfg.model, num_classes=10, pretrained=False)
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [bn.running_mean.clone() for bn in bns]
+    params = set_stage(model, freeze_backbone=False)
+    train_mode(model, freeze_backbone=False, batchnorm=cfg.train.stage2_batchnorm)
+    assert model.head.training and all(bn.training == (batchnorm == "train") for bn in bns)
+    logits, _ = model(torch.randn(4, 3, 64, 64) * 3 + 1)
+    logits.sum().backward()
+    torch.optim.SGD(params, lr=0.1).step()
+    unchanged = all(torch.equal(a, bn.running_mean) for a, bn in zip(before, bns))
+    assert unchanged == (batchnorm == "frozen")
+    assert bns[0].weight.grad is not None          # the BatchNorm's affine weights still train

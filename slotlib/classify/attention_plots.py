@@ -15,31 +15,36 @@ from .explain import Predictions, predict_split, upsample
 
 def plot_attention(tiles: np.ndarray, maps: torch.Tensor, labels: Sequence[int], preds: Sequence[int],
                    class_names: Sequence[str], classes: Sequence[int] | None = None, alpha: float = 0.55):
-    """One row per tile: the tile, then each class's map over it. True class framed green, prediction
-    titled in red when wrong. ``tiles`` are uint8 ``[B,H,W,3]``."""
+    """One row per tile: the tile, then each class's map over it (colours from the tile's smallest to its
+    largest value). True class framed green, a wrong prediction framed and labelled red. ``tiles`` are
+    uint8 ``[B,H,W,3]``; ``maps [B,K,h,w]`` (any h, w: drawn bilinear at the tile's size). One image, so
+    it draws in a fraction of a second."""
     import matplotlib.pyplot as plt
 
+    from ..runs.report_figures import heatmap_mosaic
+
     classes = list(range(len(class_names))) if classes is None else list(classes)
-    rows, cols = len(tiles), len(classes) + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
-    for r, tile in enumerate(tiles):
-        ok = labels[r] == preds[r]
-        axes[r, 0].imshow(tile)
-        axes[r, 0].set_title(f"true {class_names[labels[r]]}\npred {class_names[preds[r]]}", fontsize=7,
-                             color="black" if ok else "red")
-        for c, k in enumerate(classes, 1):
-            ax = axes[r, c]
-            ax.imshow(tile)
-            ax.imshow(maps[r, k].cpu().numpy(), cmap="jet", alpha=alpha, vmin=float(maps[r].min()),
-                      vmax=float(maps[r].max()))
-            if r == 0:
-                ax.set_title(class_names[k], fontsize=7)
-            if k == labels[r]:
-                for spine in ax.spines.values():
-                    spine.set(color="lime", linewidth=3)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    heat = maps[:, classes].float().cpu().numpy()                       # [B,C,h,w]
+    lo = heat.reshape(len(heat), -1).min(1)[:, None, None, None]
+    hi = heat.reshape(len(heat), -1).max(1)[:, None, None, None]
+    where = {k: c for c, k in enumerate(classes)}
+    mosaic = heatmap_mosaic({"tiles": np.asarray(tiles), "maps": (heat - lo) / np.maximum(hi - lo, 1e-12),
+                             "labels": [where.get(int(k), -1) for k in labels],
+                             "preds": [where.get(int(k), -1) for k in preds]},
+                            list(range(len(tiles))), bounded=True, alpha=alpha)
+    cell = mosaic.shape[1] / (len(classes) + 1)
+    fig, ax = plt.subplots(figsize=(1.0 * (len(classes) + 1) + 2.0, 1.0 * len(tiles) + 1.0))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([(c + 0.5) * cell for c in range(len(classes) + 1)], ["tile"] + [class_names[k] for k in classes],
+                  rotation=35, ha="left", fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_yticks([(r + 0.5) * cell for r in range(len(tiles))],
+                  [f"{class_names[t]} → {class_names[p]}" for t, p in zip(labels, preds)], fontsize=8)
+    for tick, t, p in zip(ax.get_yticklabels(), labels, preds):
+        tick.set_color("black" if t == p else "red")
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
     fig.tight_layout()
     return fig
 

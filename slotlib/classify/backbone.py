@@ -9,6 +9,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -72,6 +73,24 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
 
 
 WEIGHTS_ENV = "SLOTLIB_WEIGHTS"
+
+
+_WEIGHTS_FOUND: set[tuple] = set()
+
+
+def check_weights(cfg: ModelConfig) -> None:
+    """Raise the one-sentence ConfigError of :func:`create_backbone` now if a pretrained backbone's
+    weights cannot be had (a local file or folder missing; the hub unreachable with nothing cached).
+    Loads them once per backbone and source (from the hub this fills timm's cache for the cells)."""
+    if not (cfg.pretrained or cfg.pretrained_file is not None):
+        return
+    key = (cfg.backbone, cfg.pretrained_file, os.environ.get(WEIGHTS_ENV))
+    if key in _WEIGHTS_FOUND:
+        return
+    with torch.random.fork_rng(devices=[]):   # leaves the random stream of anything after it alone
+        create_backbone(dataclasses.replace(cfg, feature_stride=None, output_stride=None, drop_path=0.0),
+                        pretrained=True)
+    _WEIGHTS_FOUND.add(key)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")

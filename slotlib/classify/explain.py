@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..runs.folder import MAPS as MAPS_FILE  # the report draws its heatmaps from it (numpy alone: no torch)
 from ..runs.folder import load_checkpoint, read_params
 
 
@@ -171,3 +172,66 @@ def predict_split(exp, split: str = "test", limit: int | None = None, seed: int 
         slots.append(attn.float().cpu().view(len(images), -1, h, w))
     return Predictions(idx, tiles, exp.data.labels[idx], torch.cat(preds).numpy(), torch.cat(slots),
                        exp.model.num_classes)
+
+
+
+
+@torch.no_grad()
+def write_maps(exp, path, per_class: int = 2, mean_over: int = 50, batch: int = 64) -> None:
+    """Per-class attention over a fixed set of test tiles, for the report (``maps.npz``, a few hundred KB).
+
+    Shown tiles: the first ``per_class`` test tiles of each class, in split order (the same tiles for
+    every cell of a grid on one split). Arrays: ``tiles [M,64,64,3]`` uint8, ``labels [M]``, ``preds [M]``,
+    ``probs [M,K]``, ``maps [M,K,h,w]`` (each class's slots summed, on the token grid), ``mean_maps [K,h,w]``
+    (class k's map averaged over up to ``mean_over`` test tiles of class k), ``class_names [K]``, ``head``.
+    """
+    from ..runs.files import write_npz_atomic
+
+    idx = np.asarray(exp.splits["test"])
+    labels = np.asarray(exp.data.labels)
+    k = exp.model.num_classes
+    per = [idx[labels[idx] == c][:max(mean_over, per_class)] for c in range(k)]    # test tiles of each class
+    pooled = np.concatenate(per)
+    starts = np.cumsum([0] + [len(p) for p in per[:-1]])
+    at = np.concatenate([s + np.arange(min(per_class, len(p))) for s, p in zip(starts, per)]).astype(int)
+    probs, maps = [], []
+    for start in range(0, len(pooled), batch):
+        logits, m = class_maps(exp.model, eval_inputs(exp, exp.data.images[pooled[start:start + batch]]))
+        probs.append(logits.softmax(1).cpu())
+        maps.append(m.cpu())
+    probs, maps = torch.cat(probs).numpy(), torch.cat(maps).numpy()          # [P,K], [P,K,h,w]
+    mean_maps = np.stack([maps[labels[pooled] == c, c].mean(0) if np.any(labels[pooled] == c)
+                          else np.full(maps.shape[-2:], np.nan) for c in range(k)])   # [K,h,w]
+    shown = pooled[at]
+    write_npz_atomic(path, tiles=np.asarray(exp.data.images[shown], dtype=np.uint8), labels=labels[shown],
+                     preds=probs[at].argmax(1), probs=probs[at].astype(np.float16),
+                     maps=maps[at].astype(np.float16), mean_maps=mean_maps.astype(np.float32),
+                     class_names=np.array(exp.class_names), head=np.array(exp.config.model.head),
+                     indices=shown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m slotlib.classify.explain CELL_DIR...``: (re)write maps.npz of finished cells from best.pt
+    (cells trained before runs wrote it, or whose copy is damaged)."""
+    import sys
+    from pathlib import Path
+
+    from ..config import ConfigError
+
+    dirs = sys.argv[1:] if argv is None else argv
+    if not dirs:
+        print("usage: python -m slotlib.classify.explain CELL_DIR [CELL_DIR...]", file=sys.stderr)
+        return 2
+    for run_dir in dirs:
+        try:
+            exp = open_run(run_dir)
+            write_maps(exp, Path(run_dir) / MAPS_FILE, per_class=exp.config.train.heatmap_tiles or 2)
+        except (ConfigError, FileNotFoundError) as err:
+            print(f"slotlib: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {Path(run_dir) / MAPS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

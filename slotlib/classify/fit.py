@@ -117,6 +117,9 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
         if cfg.train.explain_tiles:
             from .explain import explain_split
             explanation = explain_split(exp, "test", cfg.train.explain_tiles, seed=cfg.train.seed)
+        if cfg.train.heatmap_tiles:
+            from .explain import MAPS_FILE, write_maps
+            write_maps(exp, out / MAPS_FILE, per_class=cfg.train.heatmap_tiles)
         return write_metrics("done", test_acc=test["acc"], test_loss=test["loss"], per_class_test_acc=per_class,
                              test_confusion=test["confusion"], class_names=list(exp.class_names), **explanation)
     except KeyboardInterrupt:
@@ -148,7 +151,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         seed = epoch_seed(cfg.train.seed, plan.index, epoch)
         seed_everything(seed)
         exp.loaders["train"].generator.manual_seed(seed)
-        train_mode(exp.model, plan.freeze_backbone)
+        train_mode(exp.model, plan.freeze_backbone, cfg.train.stage2_batchnorm)
         lr = optimizer.param_groups[0]["lr"]
         result = train_one_epoch(exp, step_model, optimizer, plan, epoch, scaler)
         val = evaluate(exp, step_model, "val")

@@ -54,10 +54,16 @@ def set_stage(model: SlotClassifier, freeze_backbone: bool) -> list[nn.Parameter
     return model.head_parameters() if freeze_backbone else list(model.parameters())
 
 
-def train_mode(model: SlotClassifier, freeze_backbone: bool) -> None:
+def train_mode(model: SlotClassifier, freeze_backbone: bool, batchnorm: str = "train") -> None:
+    """Training mode for a stage; the frozen backbone (stage 1) stays in inference mode, and with
+    ``batchnorm='frozen'`` so do the backbone's BatchNorm layers when it is fine-tuned (stage 2)."""
     model.train()
     if freeze_backbone:
         model.backbone.eval()  # frozen: BatchNorm running statistics and dropout stay as in inference
+    elif batchnorm == "frozen":
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()  # normalise with the ImageNet running statistics and leave them as they are
 
 
 def make_optimizer(params: list[nn.Parameter], plan: StagePlan, config: Config):

@@ -31,6 +31,7 @@ SLOT_SCORES = ("per_class", "shared")
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STAGE2_BATCHNORMS = ("train", "frozen")
 
 
 PIPELINES = ("fast", "loader")
@@ -132,6 +133,10 @@ class TrainConfig:
     stage1_lr: float = param(4e-4, "AdamW learning rate of stage 1")
     stage2_epochs: int = param(45, "epochs fine-tuning everything")
     stage2_lr: float = param(1e-4, "AdamW learning rate of stage 2")
+    stage2_batchnorm: str = param("train", "the backbone's BatchNorm in stage 2: 'train' (batch statistics, running "
+                                           "averages updated, as the reference) or 'frozen' (ImageNet running "
+                                           "statistics, kept as in inference: the features do not jump when "
+                                           "fine-tuning starts on small batches)")
     weight_decay: float = param(0.01, "AdamW weight decay")
     grad_clip: float | None = param(1.0, "clip the gradient norm to this; null turns clipping off")
     label_smoothing: float = param(0.0, "label smoothing of the cross-entropy")
@@ -140,6 +145,8 @@ class TrainConfig:
     compile: bool = param(False, "torch.compile the model")
     device: str = param("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     explain_tiles: int = param(200, "test tiles for the explanation metrics (area, deletion/insertion AUC); 0 skips them")
+    heatmap_tiles: int = param(2, "test tiles per class whose per-class attention maps the run writes to maps.npz "
+                                  "for the report's heatmaps; 0 writes none")
 
     def __post_init__(self) -> None:
         require(self.lambda_area >= 0, "lambda_area", self.lambda_area, "a number >= 0")
@@ -149,6 +156,8 @@ class TrainConfig:
             require(lr > 0, f"{stage}_lr", lr, "a number > 0")
         require(self.stage1_epochs + self.stage2_epochs >= 1, "stage2_epochs", self.stage2_epochs,
                  "an integer >= 1 when stage1_epochs is 0 (at least one epoch must run)")
+        require(self.stage2_batchnorm in STAGE2_BATCHNORMS, "stage2_batchnorm", self.stage2_batchnorm,
+                 f"one of {', '.join(STAGE2_BATCHNORMS)}")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "null or a number > 0")
         require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a number in [0, 1)")
@@ -156,6 +165,7 @@ class TrainConfig:
         require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None, "device", self.device,
                  "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
         require(self.explain_tiles >= 0, "explain_tiles", self.explain_tiles, "an integer >= 0")
+        require(self.heatmap_tiles >= 0, "heatmap_tiles", self.heatmap_tiles, "an integer >= 0")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -187,7 +197,7 @@ LOCAL_ONLY = ("data_root", "num_workers")
 # Parameters added after cell ids were in use, with the value that computes what was computed
 # before they existed: at that value they stay out of the hash, so adding a parameter does not
 # orphan the cell folders of a grid already run (or half run). Any other value is hashed.
-HASH_NEUTRAL: dict[str, Any] = {"crop_scale": 0.08, "dihedral": False}
+HASH_NEUTRAL: dict[str, Any] = {"crop_scale": 0.08, "dihedral": False, "heatmap_tiles": 2, "stage2_batchnorm": "train"}
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,13 @@ def save_torch_atomic(obj: Any, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """A compressed numpy archive, written atomically (the report reads it with numpy alone)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 

@@ -21,6 +21,8 @@ import yaml
 from ..config import ConfigError
 
 PARAMS, HISTORY, METRICS = "params.yaml", "history.csv", "metrics.json"
+MAPS = "maps.npz"         # per-class attention over fixed test tiles, written at the end of a run (report heatmaps)
+MAPS_KEYS = ("tiles", "labels", "preds", "probs", "maps", "mean_maps", "class_names")
 GRID_COPY = "grid.yaml"   # in a grid's folder: the params file that made it
 STATUSES = ("running", "done", "failed")
 
@@ -99,6 +101,31 @@ def read_history_table(cell_dir: str | os.PathLike, columns: tuple[str, ...] = (
         raise _damaged(path, f"no numeric column {missing[0] if missing else columns[0]!r}",
                        "delete it; the run rewrites it")
     return table
+
+
+def read_maps(cell_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A run folder's maps.npz as plain numpy arrays (no torch), or None when the run wrote none."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(cell_dir) / MAPS
+    remedy = f"delete it, then `python -m slotlib.classify.explain {Path(cell_dir)}` writes it again from best.pt"
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise _damaged(path, f"not a numpy archive: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+                       remedy) from None
+    missing = [k for k in MAPS_KEYS if k not in arrays]
+    if missing:
+        raise _damaged(path, f"no {missing[0]!r} array", remedy)
+    m, k = len(arrays["labels"]), len(arrays["class_names"])
+    if arrays["maps"].ndim != 4 or arrays["maps"].shape[:2] != (m, k) or len(arrays["tiles"]) != m:
+        raise _damaged(path, f"maps of shape {arrays['maps'].shape} do not fit {m} tiles and {k} classes", remedy)
+    return arrays
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

@@ -219,14 +219,18 @@ def safe_status(cell_dir: Path) -> tuple[str, str | None]:
 
 
 def validate_cells(cells: list[Cell]) -> None:
-    """Build each distinct classifier once (no weights) and run it at its image size, before any cell starts."""
+    """Build each distinct classifier once (no weights) and run it at its image size, and find the
+    ImageNet weights of each pretrained backbone once, before any cell starts: missing weights are
+    one sentence now, not the same failure (after the same hub timeout) in every cell."""
     models = {(c.config.model, c.config.data.image_size) for c in cells if isinstance(c.config, Config)}
     if not models:
         return
+    from ..classify.backbone import check_weights
     from ..classify.model import check_builds
 
     for model, image_size in sorted(models, key=str):
         check_builds(model, image_size)
+        check_weights(model)
 
 
 def check_grid_folder(out_root: Path, params_path: str | os.PathLike, add_cells: bool) -> Path | None:

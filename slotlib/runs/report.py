@@ -1,7 +1,9 @@
 """Collect a grid folder's cell outputs into a table, and render the analysis notebook to HTML.
 
-Reads only what cells wrote (``metrics.json``, ``history.csv``) and the grid's copy of its params
-file; it never trains. Grids are ranked by validation accuracy; test accuracy stands beside it.
+Reads only what cells wrote (``metrics.json``, ``history.csv``, ``maps.npz``) and the grid's copy of
+its params file; it never trains and needs no torch. Grids are ranked by validation accuracy; test
+accuracy stands beside it. The figures are in :mod:`slotlib.runs.report_figures`; the page is
+``notebooks/analysis.ipynb`` executed and exported with an offline template (``templates/``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from ..config import grid_products
-from .folder import DamagedRunFile, cell_dirs, grid_copies, read_history_table, read_metrics
+from .folder import DamagedRunFile, cell_dirs, grid_copies, read_maps, read_metrics
 from .grid import NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
+TEMPLATES = Path(__file__).parent / "templates"
 
 
 RESULT_COLUMNS = ["best_val_acc", "test_acc", "best_stage", "best_epoch", "n_params", "wall_seconds",
@@ -87,82 +90,115 @@ def failed(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["status"].isin(["failed", "damaged"])][["cell", "status", "error"]].reset_index(drop=True)
 
 
-def sortable_html(table: pd.DataFrame, float_format: str = "{:.4f}") -> str:
-    """An HTML table whose columns sort on click; self-contained, so it works offline in the report."""
-    head = "".join(f"<th onclick=\"slotlibSort(this)\" style='cursor:pointer'>{html.escape(str(c))} &#x21C5;</th>"
-                   for c in table.columns)
+REFERENCE = {"test_acc": 0.9854, "n_params": 2_660_000,
+             "what": "MobileViT-v2 0.75 + SCOUTER, 224 px, 55 + 45 GPU epochs (params/reference_best.yaml)"}
+PERCENT_COLUMNS = ("best_val_acc", "test_acc", "val_mean", "val_std", "test_mean", "test_std", "stage1_best_val_acc")
 
-    def cell(v):
-        if isinstance(v, float) and not np.isnan(v):
-            return f"<td data-v='{v}'>{float_format.format(v)}</td>"
-        return f"<td data-v='{html.escape(str(v))}'>{html.escape('' if v is None else str(v))}</td>"
 
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in table.itertuples(index=False))
-    script = """<script>
+def pct(value, digits: int = 2) -> str:
+    """An accuracy (a fraction) in percent, '–' where it is undefined (a missing value, one seed's spread)."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    return f"{100 * float(value):.{digits}f}%"
+
+
+def plain(value) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):,}"
+    return str(value)
+
+
+def headline(table: pd.DataFrame, axes: list[str]) -> str:
+    """The best cell by validation accuracy, its test accuracy, its setting over seeds, and the reference."""
+    best = ranked(table)
+    if best.empty:
+        return "<p><b>No cell has finished yet</b>: nothing to rank.</p>"
+    top = best.iloc[0]
+    keys = [a for a in axes if a != "seed"]
+    line = (f"<b>Best cell: {html.escape(str(top['cell']))}</b> &mdash; validation {pct(top['best_val_acc'])}, "
+            f"<b>test {pct(top['test_acc'])}</b>, {plain(top['n_params'])} parameters")
+    summary = seed_summary(table, axes)
+    if keys and len(summary):
+        key = tuple(top[k] for k in keys) if len(keys) > 1 else top[keys[0]]
+        try:
+            row = summary.loc[key]
+        except KeyError:
+            row = None
+        if row is not None and int(row["seeds"]) > 1:
+            line += (f"; its setting over {int(row['seeds'])} seeds: test {pct(row['test_mean'])} ± "
+                     f"{pct(row['test_std'])} (validation {pct(row['val_mean'])} ± {pct(row['val_std'])})")
+    ref = (f"Reference: {pct(REFERENCE['test_acc'])} test with {REFERENCE['n_params'] / 1e6:.2f}M parameters "
+           f"({html.escape(REFERENCE['what'])}).")
+    return f"<div class='slotlib-headline'><p>{line}.</p><p>{ref}</p></div>"
+
+
+def best_per_head(table: pd.DataFrame) -> list[str]:
+    """The best cell (by validation accuracy) of each head, best first: whose heatmaps the report draws."""
+    best = ranked(table)
+    if best.empty:
+        return []
+    if "head" not in best.columns:
+        return list(best["cell"].head(1))
+    return list(best.drop_duplicates("head")["cell"])
+
+
+def cell_files(runs_dir: str | os.PathLike, cell: str) -> tuple[dict | None, dict | None, str | None]:
+    """A cell's metrics and maps, and the problem that keeps either from the report (None when all is well)."""
+    folder = Path(runs_dir) / cell
+    try:
+        metrics, maps = read_metrics(folder), read_maps(folder)
+    except DamagedRunFile as err:
+        return None, None, str(err)
+    if maps is None:
+        return metrics, None, (f"{folder / 'maps.npz'} is missing (the cell was trained before runs wrote it, or "
+                               f"with heatmap_tiles: 0): `python -m slotlib.classify.explain {folder}` writes it")
+    return metrics, maps, None
+
+
+def per_class_table(metrics: dict) -> pd.DataFrame:
+    """Per-class test accuracy and tile count of one cell, from its confusion matrix."""
+    counts = np.asarray(metrics["test_confusion"], dtype=float)
+    names = metrics.get("class_names") or [str(i) for i in range(len(counts))]
+    totals = counts.sum(1)
+    acc = np.divide(np.diag(counts), totals, out=np.full(len(counts), np.nan), where=totals > 0)
+    return pd.DataFrame({"class": names, "test tiles": totals.astype(int), "test accuracy": acc,
+                         "most confused with": [names[int(np.argmax(np.where(np.arange(len(r)) == i, -1, r)))]
+                                                if r.sum() > r[i] else "–" for i, r in enumerate(counts)]})
+
+
+def table_html(table: pd.DataFrame, sortable: bool = True, percent: tuple[str, ...] = PERCENT_COLUMNS) -> str:
+    """A table in its own horizontally scrolling box, accuracies in percent, '–' for undefined values;
+    with ``sortable`` its columns sort on click (self-contained script, so it works offline)."""
+    click = " onclick=\"slotlibSort(this)\" style='cursor:pointer' title='click to sort'" if sortable else ""
+    arrow = " &#x21C5;" if sortable else ""
+    head = "".join(f"<th{click}>{html.escape(str(c))}{arrow}</th>" for c in table.columns)
+
+    def cell(column, v):
+        number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        key = v if number and np.isfinite(v) else ("" if v is None or (number and not np.isfinite(v)) else str(v))
+        shown = pct(v) if (column in percent or column.endswith("accuracy")) and number else plain(v)
+        return f"<td data-v='{html.escape(str(key))}'>{html.escape(shown)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(c, v) for c, v in zip(table.columns, row)) + "</tr>"
+                   for row in table.itertuples(index=False))
+    return (f"{SORT_SCRIPT if sortable else ''}<div class='slotlib-table' style='overflow-x:auto;max-width:100%'>"
+            f"<table class='dataframe'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
+SORT_SCRIPT = """<script>
 function slotlibSort(th){const t=th.closest('table'),i=[...th.parentNode.children].indexOf(th),
 b=t.tBodies[0],r=[...b.rows],asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';
 r.sort((x,y)=>{const a=x.cells[i].dataset.v,c=y.cells[i].dataset.v,na=parseFloat(a),nc=parseFloat(c);
 const d=(!isNaN(na)&&!isNaN(nc))?na-nc:a.localeCompare(c);return asc?d:-d});r.forEach(x=>b.appendChild(x));}
 </script>"""
-    return f"{script}<table class='dataframe'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def axis_label(value) -> str:
-    """A grid value as a category: 'null' for None (NaN once pandas has seen a number beside it),
-    not 'nan', which seaborn takes for a missing value; 32.0 back to 32."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "null"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def plot_axes(table: pd.DataFrame, axes: list[str]):
-    """Validation and test accuracy against each grid axis (one panel per axis, seeds as points)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    done = table[table["status"] == "done"]
-    shown = [a for a in axes if a != "seed"] or ["head"]
-    fig, panels = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.3), squeeze=False)
-    long = done.melt(id_vars=shown, value_vars=["best_val_acc", "test_acc"], var_name="split", value_name="accuracy")
-    long["split"] = long["split"].map({"best_val_acc": "val", "test_acc": "test"})
-    for ax, axis in zip(panels[0], shown):
-        data = long.assign(**{axis: long[axis].map(axis_label)})
-        sns.pointplot(data=data, x=axis, y="accuracy", hue="split", ax=ax, dodge=0.3, errorbar="sd",
-                      linestyles="none", markers=["o", "s"])
-        ax.set_title(axis)
-    fig.tight_layout()
-    return fig
-
-
-def plot_top_curves(runs_dir: str | os.PathLike, table: pd.DataFrame, k: int = 3):
-    """Validation accuracy per epoch of the k best cells."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for cell in ranked(table)["cell"].head(k):
-        try:
-            h = read_history_table(Path(runs_dir) / cell)
-        except DamagedRunFile as err:   # the curve is left out and the problem said on the figure
-            ax.plot([], [], label=f"{cell}: {err}"[:120])
-            continue
-        ax.plot(np.arange(1, len(h) + 1), h["val_acc"], label=cell)
-    ax.set(xlabel="epoch (both stages)", ylabel="val accuracy", title=f"top {k} cells by validation accuracy")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_params_vs_accuracy(table: pd.DataFrame):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    done = table[table["status"] == "done"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    hue = "head" if "head" in done.columns else None
-    sns.scatterplot(data=done, x="n_params", y="test_acc", hue=hue, ax=ax)
-    ax.set(xlabel="parameters", ylabel="test accuracy")
-    fig.tight_layout()
-    return fig
+def sortable_html(table: pd.DataFrame) -> str:
+    return table_html(table, sortable=True)
 
 
 def render(runs_dir: str | os.PathLike) -> Path:
@@ -187,7 +223,9 @@ def render(runs_dir: str | os.PathLike) -> Path:
                           f"use 'slotlib status {runs_dir}' and each cell's executed object_discovery.ipynb")
     executed = runs_dir / "analysis.ipynb"
     execute_notebook(ANALYSIS_NOTEBOOK, executed, {"runs_dir": str(runs_dir)})
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    # the offline template: lab's, without the CDN scripts (require.js, MathJax) a report does not need
+    exporter = HTMLExporter(template_name="slotlib_report", extra_template_basedirs=[str(TEMPLATES)],
+                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     out = runs_dir / "report.html"
     from .files import write_atomic

@@ -1,0 +1,197 @@
+"""The report's figures, drawn from what cells wrote (metrics.json, history.csv, maps.npz): no torch.
+
+Accuracies are drawn in percent. Heatmaps: each class's attention over fixed test tiles, from the
+cell's ``maps.npz`` (:func:`slotlib.classify.explain.write_maps` writes it at the end of a run).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .folder import DamagedRunFile, read_history_table
+
+
+def axis_label(value) -> str:
+    """A grid value as a category: 'null' for None (NaN once pandas has seen a number beside it),
+    not 'nan', which seaborn takes for a missing value; 32.0 back to 32."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "null"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plot_axes(table: pd.DataFrame, axes: list[str]):
+    """Validation and test accuracy against each grid axis (one panel per axis, seeds as points)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    done = table[table["status"] == "done"]
+    shown = [a for a in axes if a != "seed"] or ["head"]
+    fig, panels = plt.subplots(1, len(shown), figsize=(min(4 * len(shown), 12), 3.3), squeeze=False)
+    long = done.melt(id_vars=shown, value_vars=["best_val_acc", "test_acc"], var_name="split", value_name="accuracy")
+    long["split"] = long["split"].map({"best_val_acc": "validation", "test_acc": "test"})
+    long["accuracy"] = 100 * long["accuracy"].astype(float)
+    for ax, axis in zip(panels[0], shown):
+        data = long.assign(**{axis: long[axis].map(axis_label)})
+        sns.pointplot(data=data, x=axis, y="accuracy", hue="split", ax=ax, dodge=0.3, errorbar="sd",
+                      linestyles="none", markers=["o", "s"])
+        ax.set(title=f"accuracy by {axis} (mean ± sd over seeds)", ylabel="accuracy (%)")
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_curves(runs_dir: str | os.PathLike, cells: list[str]):
+    """Validation accuracy per epoch of the given cells (the best ones), both stages end to end."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for cell in cells:
+        try:
+            h = read_history_table(Path(runs_dir) / cell)
+        except DamagedRunFile as err:   # the curve is left out and the problem said on the figure
+            ax.plot([], [], label=f"{cell}: {err}"[:120])
+            continue
+        ax.plot(np.arange(1, len(h) + 1), 100 * h["val_acc"], label=cell, marker=".")
+    ax.set(xlabel="epoch (stage 1, then stage 2)", ylabel="validation accuracy (%)",
+           title=f"learning curves of the {len(cells)} best cells")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_params_vs_accuracy(table: pd.DataFrame, reference: tuple[float, float] | None = None):
+    """Test accuracy against parameter count, one point per finished cell (and the reference, if given)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    done = table[table["status"] == "done"].assign(
+        params_m=lambda t: t["n_params"].astype(float) / 1e6, test_pct=lambda t: 100 * t["test_acc"].astype(float))
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    hue = "head" if "head" in done.columns else None
+    sns.scatterplot(data=done, x="params_m", y="test_pct", hue=hue, ax=ax)
+    if reference is not None:
+        ax.scatter([reference[1] / 1e6], [100 * reference[0]], marker="*", s=120, color="black", label="reference")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="parameters (millions)", ylabel="test accuracy (%)", title="test accuracy against model size")
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(metrics: dict, title: str):
+    """The test confusion matrix of one cell (rows: true class, columns: predicted), counts and row percent."""
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(metrics["test_confusion"], dtype=float)
+    names = metrics.get("class_names") or [str(i) for i in range(len(counts))]
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(7.5, 6.2))
+    image = ax.imshow(100 * share, cmap="Blues", vmin=0, vmax=100)
+    for i, j in np.ndindex(counts.shape):
+        if counts[i, j]:
+            ax.text(j, i, f"{counts[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    fig.colorbar(image, ax=ax, label="share of the true class's test tiles (%)", fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def _upsample(heat: np.ndarray, size: int) -> np.ndarray:
+    """A token-grid map ``[h,w]`` to ``[size,size]``, bilinear (PIL, so the report needs no torch)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
+
+
+def heatmap_mosaic(maps: dict[str, np.ndarray], rows: list[int], bounded: bool, cmap: str = "jet",
+                   alpha: float = 0.5, gap: int = 6, frame: int = 3) -> np.ndarray:
+    """One RGB image ``[R*(T+gap), (K+1)*(T+gap), 3]``: per row a tile, then each class's map blended over it;
+    the true class's panel framed green, a wrong prediction's red (drawn as one image: fast to render)."""
+    import matplotlib
+
+    colours = matplotlib.colormaps[cmap]
+    tiles = maps["tiles"]
+    t, k = tiles.shape[1], maps["maps"].shape[1]
+    cell = t + gap
+    out = np.ones((len(rows) * cell, (k + 1) * cell, 3))
+    for r, i in enumerate(rows):
+        tile = tiles[i].astype(float) / 255
+        heat = maps["maps"][i].astype(float)                                    # [K,h,w]
+        vmax = 1.0 if bounded else (float(np.nanmax(heat)) or 1.0)
+        y = r * cell + gap // 2
+        out[y:y + t, gap // 2:gap // 2 + t] = tile
+        for c in range(k):
+            x = (c + 1) * cell + gap // 2
+            rgb = colours(np.clip(_upsample(heat[c], t) / vmax, 0, 1))[..., :3]
+            out[y:y + t, x:x + t] = (1 - alpha) * tile + alpha * rgb
+            edge = (0.0, 0.6, 0.0) if c == maps["labels"][i] else ((0.85, 0.0, 0.0) if c == maps["preds"][i] else None)
+            if edge is not None:
+                for ys, xs in ((slice(y, y + frame), slice(x, x + t)), (slice(y + t - frame, y + t), slice(x, x + t)),
+                               (slice(y, y + t), slice(x, x + frame)), (slice(y, y + t), slice(x + t - frame, x + t))):
+                    out[ys, xs] = edge
+    return out
+
+
+BOUNDED_HEADS = ("scouter", "slot")   # attention in [0, 1] (sigmoid; softmax over slots): drawn on that fixed scale
+
+
+def plot_heatmaps(maps: dict[str, np.ndarray], title: str, per_class: int = 1):
+    """Each class's attention over fixed test tiles: one row per tile (``per_class`` of each class),
+    the tile, then every class's map overlaid on it. The true class's panel is framed green, the
+    predicted one red when it differs. Colours: attention from 0 to 1 for the slot heads (a class
+    with P slots can exceed 1); the linear head's class activation from 0 to the tile's largest."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    names = [str(n) for n in maps["class_names"]]
+    labels, preds, probs = maps["labels"], maps["preds"], maps["probs"].astype(float)
+    k = len(names)
+    rows = [int(i) for c in range(k) for i in np.flatnonzero(labels == c)[:per_class]]
+    bounded = str(maps.get("head", "")) in BOUNDED_HEADS
+    mosaic = heatmap_mosaic(maps, rows, bounded)
+    cell = mosaic.shape[1] / (k + 1)
+    fig, ax = plt.subplots(figsize=(1.0 * (k + 1) + 2.2, 1.0 * len(rows) + 1.2))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([(c + 0.5) * cell for c in range(k + 1)], ["tile"] + names, rotation=35, ha="left", fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_yticks([(r + 0.5) * cell for r in range(len(rows))],
+                  [f"{names[labels[i]]} → {names[preds[i]]} {100 * probs[i, preds[i]]:.0f}%" for i in rows], fontsize=8)
+    for tick, i in zip(ax.get_yticklabels(), rows):
+        tick.set_color("black" if preds[i] == labels[i] else "red")
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(title, fontsize=10)
+    norm = matplotlib.colors.Normalize(0, 1)
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="jet"), ax=ax, fraction=0.025, pad=0.01)
+    bar.set_label("attention" if bounded else "class activation, 0 to the tile's largest", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mean_maps(maps: dict[str, np.ndarray], title: str):
+    """Class k's attention averaged over test tiles of class k, on the token grid (one panel per class)."""
+    import matplotlib.pyplot as plt
+
+    names = [str(n) for n in maps["class_names"]]
+    mean = maps["mean_maps"].astype(float)
+    fig, axes = plt.subplots(1, len(names), figsize=(1.1 * len(names) + 1, 1.9), squeeze=False)
+    bounded = str(maps.get("head", "")) in BOUNDED_HEADS
+    vmax = 1.0 if bounded else (float(np.nanmax(mean)) if np.isfinite(mean).any() else 1.0)
+    for c, ax in enumerate(axes[0]):
+        image = ax.imshow(mean[c], cmap="viridis", vmin=0, vmax=vmax or 1.0)
+        ax.set_title(names[c], fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    h, w = mean.shape[-2:]
+    fig.colorbar(image, ax=list(axes[0]), label="mean attention" if bounded else "mean class activation",
+                 fraction=0.02)
+    fig.suptitle(f"{title}: each class's map, mean over its test tiles ({h} x {w} tokens)", fontsize=9)
+    return fig
