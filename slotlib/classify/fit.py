@@ -6,7 +6,8 @@ learning rate. The best validation accuracy over both stages wins; the test set 
 once, at the end, on those weights.
 
 A run writes one folder (see DESIGN.md, "One cell's folder"), every file atomically:
-``params.yaml``, ``history.csv``, ``metrics.json``, ``best.pt`` and ``last.pt``.
+``params.yaml``, ``history.csv``, ``metrics.json``, ``best.pt``, ``last.pt`` and, at the end,
+``maps.npz`` (per-class attention over fixed test tiles, for the report).
 
 Randomness: every epoch re-seeds torch, numpy, python and the loader's shuffle generator from
 (seed, stage, epoch), so the random stream of an epoch does not depend on what ran before it in
