@@ -276,3 +276,17 @@ def test_looking_up_feature_strides_leaves_the_global_rng_alone():
     before = torch.get_rng_state()
     model_module._strides("mobilenetv2_100")
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_a_shallower_feature_level_builds_and_counts_only_the_stages_it_uses():
+    """timm's EfficientNetFeatures builds every block even for an early out_index; slotlib drops the rest,
+    so feature_stride: 8 neither counts nor runs mobilenetv2_100's later stages."""
+    from slotlib.classify.backbone import create_backbone
+
+    deep = create_backbone(Config.from_params({"backbone": "mobilenetv2_100", "pretrained": False}).model, False)
+    cfg = Config.from_params({"backbone": "mobilenetv2_100", "pretrained": False, "feature_stride": 8})
+    shallow = create_backbone(cfg.model, False)
+    assert len(shallow.blocks) == 3 and len(deep.blocks) == 7
+    assert sum(p.numel() for p in shallow.parameters()) < 0.05 * sum(p.numel() for p in deep.parameters())
+    (features,) = shallow(torch.zeros(2, 3, 64, 64))
+    assert features.shape == (2, 32, 8, 8)

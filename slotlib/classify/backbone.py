@@ -53,13 +53,14 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
         kwargs["pretrained_cfg_overlay"] = {"file": path}
         source = f"{WEIGHTS_ENV} file {path!r}"
     try:
-        return timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,), **kwargs)
+        return without_unused_stages(timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
+                                                       **kwargs))
     except TypeError as err:
         if "output_stride" not in str(err):
             raise
         if cfg.output_stride is None:   # auto: a backbone that cannot dilate keeps its own stride
-            return timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
-                                     **{k: v for k, v in kwargs.items() if k != "output_stride"})
+            return without_unused_stages(timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
+                                                           **{k: v for k, v in kwargs.items() if k != "output_stride"}))
         raise ConfigError(f"parameter 'output_stride' is {output_stride}, but timm '{cfg.backbone}' cannot dilate "
                           f"its stages (its constructor takes no output_stride); leave output_stride: null") from None
     except OSError as err:  # the hub could not be reached and nothing is cached
@@ -70,6 +71,20 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
     except RuntimeError as err:  # state_dict keys or shapes do not fit
         raise ConfigError(f"weights in {source} do not fit timm '{cfg.backbone}': "
                           f"{str(err).splitlines()[0]}") from None
+
+
+def without_unused_stages(model: nn.Module) -> nn.Module:
+    """Drop the blocks after the deepest level a ``features_only`` model returns.
+
+    timm's FeatureListNet models already stop there; the EfficientNet family (``EfficientNetFeatures``:
+    mobilenetv2, efficientnet, ...) builds and runs every block, so ``feature_stride: 8`` would count
+    and compute the unused later stages (mobilenetv2_100: 1.78M of its 1.81M parameters)."""
+    name = model.feature_info.module_name()[-1]
+    head, _, tail = name.partition(".")
+    blocks = getattr(model, head, None)
+    if head == "blocks" and tail.isdigit() and isinstance(blocks, nn.Sequential) and len(blocks) > int(tail) + 1:
+        model.blocks = blocks[:int(tail) + 1]
+    return model
 
 
 WEIGHTS_ENV = "SLOTLIB_WEIGHTS"

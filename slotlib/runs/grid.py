@@ -166,9 +166,6 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
             echo(f"{cell.id}  {safe_status(out_root / cell.id)[0]:8s}  n_params={count_cell_parameters(cell):,}")
         return {c.id: safe_status(out_root / c.id)[0] for c in cells}
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    if copy is not None:
-        shutil.copyfile(params_path, copy)
     todo = []
     for cell in cells:
         status, problem = safe_status(out_root / cell.id)
@@ -176,6 +173,10 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
             echo(f"skip  {cell.id}  ({status}{': ' + problem if problem else ''})")
             continue
         todo.append(cell)
+    check_weights_of(todo)   # before anything is written
+    out_root.mkdir(parents=True, exist_ok=True)
+    if copy is not None:
+        shutil.copyfile(params_path, copy)
     free = device_slots(devices, jobs)
     running: list[Running] = []
     last_start = 0.0
@@ -219,17 +220,25 @@ def safe_status(cell_dir: Path) -> tuple[str, str | None]:
 
 
 def validate_cells(cells: list[Cell]) -> None:
-    """Build each distinct classifier once (no weights) and run it at its image size, and find the
-    ImageNet weights of each pretrained backbone once, before any cell starts: missing weights are
-    one sentence now, not the same failure (after the same hub timeout) in every cell."""
+    """Build each distinct classifier once (no weights) and run it at its image size, before any cell starts."""
     models = {(c.config.model, c.config.data.image_size) for c in cells if isinstance(c.config, Config)}
     if not models:
         return
-    from ..classify.backbone import check_weights
     from ..classify.model import check_builds
 
     for model, image_size in sorted(models, key=str):
         check_builds(model, image_size)
+
+
+def check_weights_of(cells: list[Cell]) -> None:
+    """Find the ImageNet weights of each pretrained backbone the cells to run need, once: missing weights
+    are one sentence before any cell starts, not the same failure (after the hub's retries) in each."""
+    models = {c.config.model for c in cells if isinstance(c.config, Config)}
+    if not models:
+        return
+    from ..classify.backbone import check_weights
+
+    for model in sorted(models, key=str):
         check_weights(model)
 
 
