@@ -1,6 +1,7 @@
 """Application 1: slot-attention classification of EuroSAT tiles (train.ipynb, attention.ipynb).
 
     backbone.py         timm backbones: build (features_only), offline weights, output stride
+    vit_variants.py     the clear-vit attention variants as timm backbones (slotvit_*)
     heads.py            SCOUTER, slot-attention and linear heads; a new head goes here
     model.py            SlotClassifier = backbone -> 1x1 projection -> position encoding -> head
     losses.py           cross-entropy + lambda * area; what a collapsed head looks like

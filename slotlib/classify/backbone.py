@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import MIN_TOKENS, ConfigError, ModelConfig
+from . import vit_variants  # registers the slotvit_* backbones with timm
 
 
 def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size: int | None = None) -> nn.Module:
@@ -32,6 +33,8 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
         raise ConfigError(f"parameter 'backbone' must be a timm model name, got {cfg.backbone!r} "
                           f"(see timm.list_models())")
     kwargs: dict = {"features_only": True}
+    if vit_variants.is_slotvit(cfg.backbone) and image_size is not None:
+        kwargs["img_size"] = image_size   # its position embedding and token grid are built for this size
     if cfg.drop_path > 0:
         kwargs["drop_path_rate"] = cfg.drop_path
     index = -1 if cfg.feature_stride is None else _level_of(cfg.backbone, cfg.feature_stride)
@@ -165,7 +168,11 @@ def output_stride_for(cfg: ModelConfig, image_size: int | None) -> int | None:
 
 
 def _level_of(backbone: str, stride: int) -> int:
+    """The out_index of the deepest level with this stride: -1 for the last (a ViT's blocks all share one
+    stride, so its ``feature_stride`` is its patch size and means the last block)."""
     strides = list(_strides(backbone))
     if stride not in strides:
-        raise ConfigError(f"parameter 'feature_stride' must be one of {strides} for '{backbone}', got {stride}")
-    return strides.index(stride)
+        raise ConfigError(f"parameter 'feature_stride' must be one of {sorted(set(strides))} for '{backbone}', "
+                          f"got {stride}")
+    index = len(strides) - 1 - strides[::-1].index(stride)
+    return -1 if index == len(strides) - 1 else index

@@ -110,9 +110,11 @@ _COUNTS: dict[tuple, dict[str, int]] = {}
 
 def count_parameters(cfg: Config, num_classes: int = 10) -> dict[str, int]:
     """Parameter counts by part for a config, from random weights (nothing is fetched); cached per architecture."""
-    key = tuple(getattr(cfg.model, k) for k in _COUNT_KEYS) + (num_classes,)
+    # image size: a ViT's position embedding grows with it (a CNN's count does not depend on it)
+    key = tuple(getattr(cfg.model, k) for k in _COUNT_KEYS) + (num_classes, cfg.data.image_size)
     if key not in _COUNTS:
-        _COUNTS[key] = SlotClassifier(cfg.model, num_classes=num_classes, pretrained=False).parameter_counts()
+        _COUNTS[key] = SlotClassifier(cfg.model, num_classes=num_classes, pretrained=False,
+                                      image_size=cfg.data.image_size).parameter_counts()
     return _COUNTS[key]
 
 

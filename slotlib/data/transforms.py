@@ -26,6 +26,8 @@ def normalization(backbone_name: str) -> tuple[tuple[float, ...], tuple[float, .
     """
     from timm.models import get_pretrained_cfg
 
+    from ..classify import vit_variants  # noqa: F401  (registers the slotvit_* backbones' configs)
+
     try:
         cfg = get_pretrained_cfg(backbone_name, allow_unregistered=False)
     except RuntimeError as err:  # timm's "Invalid pretrained tag"
