@@ -3,6 +3,7 @@
     slotlib describe PARAMS.yaml [--set key=value ...]
     slotlib train PARAMS.yaml --out DIR [--cell ID] [--set key=value ...]
     slotlib grid PARAMS.yaml --out DIR [--jobs N] [--devices 0,1] [--dry-run] [--retry-failed] [--add-cells]
+                 [--backend ray [--address auto|ray://host:port] [--jobs-per-gpu K] [--cpus-per-cell C]]
     slotlib status DIR
     slotlib report DIR
     slotlib bench [PARAMS.yaml] [--pipeline reference fast compiled] [--image-size S] [--batch-size B ...]
@@ -139,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add this params file's cells to a grid folder made from another params file")
     p.add_argument("--notebook", default=None,
                    help="notebook to run per cell (default: the params file's 'notebook', else notebooks/train.ipynb)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="'local' (default): cells as child processes of this command; 'ray': one Ray task per cell "
+                        "on a cluster (pip install 'slotlib[ray]'; --out must be a folder every node sees)")
+    p.add_argument("--address", default=None,
+                   help="with --backend ray: the cluster ('auto': the one `ray start` runs on this machine; "
+                        "ray://host:port); default: a local Ray instance")
+    p.add_argument("--jobs-per-gpu", type=int, default=1,
+                   help="with --backend ray: cells sharing one GPU (each gets 1/K of it and of its memory)")
+    p.add_argument("--cpus-per-cell", type=int, default=1,
+                   help="with --backend ray: CPUs (and threads) each cell's task reserves (default 1)")
     p = sub.add_parser("status", help="one line per cell of a grid folder")
     p.add_argument("dir", help="grid folder")
     p = sub.add_parser("report", help="execute notebooks/analysis.ipynb on a grid folder; write DIR/report.html")
@@ -193,9 +204,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "grid":
             from .runs.grid import run_grid
             devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
-            final = run_grid(args.params, args.out, jobs=args.jobs, devices=devices, retry_failed=args.retry_failed,
-                             add_cells=args.add_cells,
-                             dry_run=args.dry_run, notebook=args.notebook)
+            if args.backend == "ray" and not args.dry_run:
+                if args.jobs != 1 or devices:
+                    raise ConfigError("--jobs and --devices are for the local backend; with --backend ray, Ray "
+                                      "places the cells: use --jobs-per-gpu and --cpus-per-cell")
+                from .runs.grid_ray import run_grid_ray
+                final = run_grid_ray(args.params, args.out, address=args.address, jobs_per_gpu=args.jobs_per_gpu,
+                                     cpus_per_cell=args.cpus_per_cell, retry_failed=args.retry_failed,
+                                     add_cells=args.add_cells, notebook=args.notebook)
+            else:
+                if args.backend == "local" and (args.address or args.jobs_per_gpu != 1 or args.cpus_per_cell != 1):
+                    raise ConfigError("--address, --jobs-per-gpu and --cpus-per-cell need --backend ray")
+                final = run_grid(args.params, args.out, jobs=args.jobs, devices=devices,
+                                 retry_failed=args.retry_failed, add_cells=args.add_cells,
+                                 dry_run=args.dry_run, notebook=args.notebook)
             failed = [k for k, v in final.items() if v in ("failed", "damaged")]
             if not args.dry_run:
                 print(f"{sum(v == 'done' for v in final.values())}/{len(final)} cells done"

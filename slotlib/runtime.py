@@ -18,7 +18,20 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf: the run stops, nothing is skipped or re-rolled."""
 
 
+GPU_MEMORY_FRACTION_ENV = "SLOTLIB_GPU_MEMORY_FRACTION"
+
+
 def resolve_device(name: str) -> torch.device:
+    """The device a run uses; on CUDA, capped to ``$SLOTLIB_GPU_MEMORY_FRACTION`` of the GPU's memory when
+    set (the Ray backend sets it to 1/K when K cells share a GPU)."""
+    device = _resolve_device(name)
+    fraction = os.environ.get(GPU_MEMORY_FRACTION_ENV)
+    if device.type == "cuda" and fraction:
+        torch.cuda.set_per_process_memory_fraction(float(fraction), device)
+    return device
+
+
+def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -23,7 +23,6 @@ import ctypes
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,14 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from ..config import Cell, Config, ConfigError, DiscoveryConfig, load_params_file
-from .folder import GRID_COPY, DamagedRunFile, cell_status, grid_copies, read_metrics
+from ..config import Cell, ConfigError
+from .folder import DamagedRunFile, read_metrics
+from .grid_plan import (  # noqa: F401
+    NOTEBOOKS,
+    GridPlan,
+    begin_grid,
+    check_grid_folder,
+    check_weights_of,
+    count_cell_parameters,
+    plan_grid,
+    safe_status,
+    validate_cells,
+)
 from .status import done_detail
-
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"   # slotlib/runs/grid.py -> repository root
-
 
 TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
 
@@ -108,14 +113,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
-def start_cell(cell: Cell, out_root: Path, notebook: Path, device: str | None) -> subprocess.Popen:
+def start_cell(cell: Cell, out_root: Path, notebook: Path, device: str | None,
+               env_extra: dict[str, str] | None = None, where: str = "") -> subprocess.Popen:
+    """The cell's child process (papermill), its output appended to the cell's log.txt.
+
+    ``env_extra``: more environment for it (the Ray backend's thread and GPU-memory caps); ``where``: said
+    in the log's start line (the Ray node)."""
     cell_dir = out_root / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **kernel_env(), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **kernel_env(), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     log = open(cell_dir / CELL_LOG, "ab")
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start (device {device or 'default'})\n".encode())
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start (device {device or 'default'}{where})\n".encode())
     log.flush()
     cmd = [sys.executable, "-m", "slotlib.runs.grid", "_cell", str(notebook), str(cell_dir),
            json.dumps(cell.config.to_params())]
@@ -134,13 +144,16 @@ def device_slots(devices: list[str] | None, jobs: int) -> list[str | None]:
     return [d for d in devices for _ in range(per_device)][:max(jobs, len(devices))]
 
 
-def count_cell_parameters(cell: Cell) -> int:
-    """Parameters of the model a cell trains: the classifier, or the object-discovery autoencoder."""
-    if isinstance(cell.config, DiscoveryConfig):
-        from ..discover.model import count_parameters
-    else:
-        from ..classify.model import count_parameters
-    return count_parameters(cell.config)["n_params"]
+def finish_cell(cell: Cell, cell_dir: Path, returncode: int, echo: Callable[[str], Any]) -> str:
+    """After a cell's process ended: record a failure it could not record itself, say how it ended."""
+    if returncode != 0:
+        record_failure(cell, cell_dir, f"notebook exited with code {returncode}: "
+                                       f"{last_error_line(cell_dir / CELL_LOG)}")
+    status, problem = safe_status(cell_dir)
+    metrics = (read_metrics(cell_dir) or {}) if problem is None else {"error": problem}
+    detail = done_detail(metrics) if status == "done" else metrics.get("error") or ""
+    echo(f"{status:5s} {cell.id}  {detail}")
+    return status
 
 
 def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, jobs: int = 1,
@@ -153,30 +166,15 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
     """
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    pf = load_params_file(params_path)
-    cells = pf.cells()
     out_root = Path(out_root)
-    notebook = Path(notebook) if notebook is not None else NOTEBOOKS / pf.notebook
-    if not notebook.exists():
-        raise ConfigError(f"notebook {notebook} does not exist")
-    validate_cells(cells)
-    copy = check_grid_folder(out_root, params_path, add_cells)
+    plan = plan_grid(params_path, out_root, retry_failed=retry_failed, notebook=notebook, add_cells=add_cells,
+                     echo=None if dry_run else echo)
     if dry_run:
-        for cell in cells:
+        for cell in plan.cells:
             echo(f"{cell.id}  {safe_status(out_root / cell.id)[0]:8s}  n_params={count_cell_parameters(cell):,}")
-        return {c.id: safe_status(out_root / c.id)[0] for c in cells}
-
-    todo = []
-    for cell in cells:
-        status, problem = safe_status(out_root / cell.id)
-        if status in ("done", "damaged") or (status == "failed" and not retry_failed):
-            echo(f"skip  {cell.id}  ({status}{': ' + problem if problem else ''})")
-            continue
-        todo.append(cell)
-    check_weights_of(todo)   # before anything is written
-    out_root.mkdir(parents=True, exist_ok=True)
-    if copy is not None:
-        shutil.copyfile(params_path, copy)
+        return {c.id: safe_status(out_root / c.id)[0] for c in plan.cells}
+    begin_grid(plan, params_path, out_root)
+    todo = list(plan.todo)
     free = device_slots(devices, jobs)
     running: list[Running] = []
     last_start = 0.0
@@ -187,20 +185,13 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
                 cell, device = todo.pop(0), free.pop(0)
                 resuming = (out_root / cell.id / "last.pt").exists()
                 echo(f"start {cell.id}" + (" (resuming)" if resuming else "") + (f" on device {device}" if device else ""))
-                running.append(Running(cell, start_cell(cell, out_root, notebook, device), device))
+                running.append(Running(cell, start_cell(cell, out_root, plan.notebook, device), device))
                 last_start = time.monotonic()
             time.sleep(0.2)
             for r in [r for r in running if r.process.poll() is not None]:
                 running.remove(r)
                 free.append(r.device)
-                cell_dir = out_root / r.cell.id
-                if r.process.returncode != 0:
-                    record_failure(r.cell, cell_dir, f"notebook exited with code {r.process.returncode}: "
-                                                     f"{last_error_line(cell_dir / CELL_LOG)}")
-                status, problem = safe_status(cell_dir)
-                metrics = (read_metrics(cell_dir) or {}) if problem is None else {"error": problem}
-                detail = done_detail(metrics) if status == "done" else metrics.get("error") or ""
-                echo(f"{status:5s} {r.cell.id}  {detail}")
+                finish_cell(r.cell, out_root / r.cell.id, r.process.returncode, echo)
     except KeyboardInterrupt:
         echo("interrupted: stopping running cells; rerun the same command to resume them")
         for r in running:
@@ -208,56 +199,7 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
         for r in running:
             r.process.wait()
         raise
-    return {c.id: safe_status(out_root / c.id)[0] for c in cells}
-
-
-def safe_status(cell_dir: Path) -> tuple[str, str | None]:
-    """(status, problem): 'damaged' and the sentence naming the file when a run file cannot be read."""
-    try:
-        return cell_status(cell_dir), None
-    except DamagedRunFile as err:
-        return "damaged", str(err)
-
-
-def validate_cells(cells: list[Cell]) -> None:
-    """Build each distinct classifier once (no weights) and run it at its image size, before any cell starts."""
-    models = {(c.config.model, c.config.data.image_size) for c in cells if isinstance(c.config, Config)}
-    if not models:
-        return
-    from ..classify.model import check_builds
-
-    for model, image_size in sorted(models, key=str):
-        check_builds(model, image_size)
-
-
-def check_weights_of(cells: list[Cell]) -> None:
-    """Find the ImageNet weights of each pretrained backbone the cells to run need, once: missing weights
-    are one sentence before any cell starts, not the same failure (after the hub's retries) in each."""
-    models = {c.config.model for c in cells if isinstance(c.config, Config)}
-    if not models:
-        return
-    from ..classify.backbone import check_weights
-
-    for model in sorted(models, key=str):
-        check_weights(model)
-
-
-def check_grid_folder(out_root: Path, params_path: str | os.PathLike, add_cells: bool) -> Path | None:
-    """Where to keep a copy of the params file (None: the folder already holds this one).
-
-    A grid folder remembers the params file that made it and refuses another (its cells would mix with
-    this one's in status and the report) unless ``add_cells``.
-    """
-    copies = grid_copies(out_root)   # none when the folder does not exist yet
-    new = yaml.safe_load(Path(params_path).read_text())
-    if any(yaml.safe_load(c.read_text()) == new for c in copies):
-        return None
-    if not copies:
-        return out_root / GRID_COPY
-    if not add_cells:
-        raise ConfigError(f"{out_root} holds a grid made from another params file (its copy: {copies[0]}); use "
-                          f"another --out folder, or pass --add-cells to add the cells of {params_path} to it")
-    return out_root / f"grid-added-{len(copies)}.yaml"
+    return {c.id: safe_status(out_root / c.id)[0] for c in plan.cells}
 
 
 def _run_cell_main(notebook: str, cell_dir: str, params_json: str) -> int:
