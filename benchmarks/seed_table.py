@@ -1,5 +1,6 @@
 """A Markdown table of a grid folder's cells, seeds pooled: mean and sd of best validation and
-test accuracy, collapsed or failed cells, wall time and parameters.
+test accuracy, collapsed or failed cells, wall time, training images/s (median over epochs and
+cells, from history.csv) and parameters. Cells still running are left out.
 
     .venv/bin/python benchmarks/seed_table.py outputs/head_check
 
@@ -9,6 +10,7 @@ Cells are grouped by their id without the seed and hash (``scouter_os32_seed1-25
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import statistics
@@ -32,12 +34,18 @@ def main(root: str) -> None:
         if not path.exists():
             continue
         metrics = json.loads(path.read_text())
+        if metrics.get("status") not in ("done", "failed"):
+            continue
+        with open(cell / "history.csv") as f:
+            metrics["images_per_second"] = statistics.median(
+                float(row["images_per_second"]) for row in csv.DictReader(f))
         name = re.sub(r"_?seed\d+$", "", cell.name.rsplit("-", 1)[0]) or "base"
         seed = re.search(r"seed(\d+)", cell.name)
         metrics["seed"] = int(seed.group(1)) if seed else None
         groups.setdefault(name, []).append(metrics)
-    print("| cells | seeds | best val acc (%) | test acc (%) | collapsed / failed | wall (min, median) | parameters |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| cells | seeds | best val acc (%) | test acc (%) | collapsed / failed | wall (min, median) "
+          "| train images/s | parameters |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, cells in groups.items():
         done = [m for m in cells if m.get("status") == "done"]
         val = [m["best_val_acc"] for m in cells if m.get("best_val_acc") is not None]
@@ -47,9 +55,10 @@ def main(root: str) -> None:
         walls = [m["wall_seconds"] / 60 for m in cells if m.get("wall_seconds")]
         seeds = ", ".join(str(m["seed"]) for m in sorted(cells, key=lambda m: m["seed"] or 0))
         n_params = cells[0].get("n_params")
+        speed = f"{statistics.median(m['images_per_second'] for m in cells):.0f}"
         print(f"| {name} | {seeds} | {pct(val)} | {pct(test)} | {collapsed} / {failed} | "
-              f"{statistics.median(walls):.1f} | {n_params:,} |" if walls and n_params else
-              f"| {name} | {seeds} | {pct(val)} | {pct(test)} | {collapsed} / {failed} | – | – |")
+              f"{statistics.median(walls):.1f} | {speed} | {n_params:,} |" if walls and n_params else
+              f"| {name} | {seeds} | {pct(val)} | {pct(test)} | {collapsed} / {failed} | – | {speed} | – |")
 
 
 if __name__ == "__main__":
