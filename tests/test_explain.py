@@ -107,3 +107,13 @@ def test_maps_can_be_rewritten_from_best_pt(tiny_run, tmp_path, tiny_root, monke
     after = read_maps(copy)
     assert (after["indices"] == before["indices"]).all()
     assert np.allclose(after["maps"].astype(float), before["maps"].astype(float), atol=1e-2)
+
+
+def test_open_run_with_another_device_setting(tiny_run):
+    """'device' says where, not what: a cell trained with device 'cpu' opens with 'auto' (and 'auto' with 'cpu',
+    as attention.ipynb does), instead of being refused as a run of different parameters."""
+    from slotlib.classify import explain
+
+    out, _ = tiny_run
+    exp = explain.open_run(out, device="auto")
+    assert exp.device.type in ("cpu", "cuda", "mps")

@@ -4,6 +4,8 @@ so a notebook can show them first. Bad parameters are refused here, before anyth
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import os
@@ -117,6 +119,9 @@ def check_run_folder(config: Config, out_dir: Path) -> None:
         old_cfg = Config.from_params(old)
     except ConfigError as err:
         raise ConfigError(f"{path} holds parameters this version cannot read ({err}); use another output folder") from None
+    # 'device' says where, not what: a run may be resumed or explained elsewhere (attention.ipynb opens
+    # a cell trained with device 'auto' on 'cpu')
+    old_cfg = dataclasses.replace(old_cfg, train=dataclasses.replace(old_cfg.train, device=config.train.device))
     if old_cfg.digest() != config.digest():
         new, there = config.to_params(), old_cfg.to_params()
         first = next((k for k in new if k not in LOCAL_ONLY and there.get(k) != new[k]), "?")
