@@ -5,7 +5,6 @@ so a notebook can show them first. Bad parameters are refused here, before anyth
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import json
 import os

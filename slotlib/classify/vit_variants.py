@@ -37,13 +37,12 @@ References:
 
 from __future__ import annotations
 
-import functools
-
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 
+from ..config import SLOTVIT_PREFIX
 from ..layers.vit_attention import (
     DifferenceSimilarityAttention,
     EntropyDiffAttention,
@@ -51,7 +50,6 @@ from ..layers.vit_attention import (
     set_token_grid,
 )
 
-PREFIX = "slotvit_"
 PATCH = 8
 DEFAULT_IMAGE_SIZE = 64
 
@@ -79,19 +77,19 @@ _VIT_ONLY = dict(fix_init=True)
 
 
 def model_name(size: str, variant: str) -> str:
-    return f"{PREFIX}{size}_p{PATCH}_{variant}"
+    return f"{SLOTVIT_PREFIX}{size}_p{PATCH}_{variant}"
 
 
 def is_slotvit(name: str) -> bool:
     """Whether ``name`` (with or without a pretrained tag) is one of these models."""
-    return name.split(".")[0].startswith(PREFIX)
+    return name.split(".")[0].startswith(SLOTVIT_PREFIX)
 
 
 def names() -> list[str]:
     return [model_name(s, v) for s in SIZES for v in VARIANTS]
 
 
-def _create(variant_name: str, cls: type, kwargs: dict, pretrained: bool = False, **overrides):
+def _create(variant_name: str, cls: type, kwargs: dict, pretrained: bool, **overrides):
     args = {**_SHARED, **(_VIT_ONLY if cls is VisionTransformer else {}), **kwargs, **overrides}
     out_indices = args.pop("out_indices", 3)
     model = build_model_with_cfg(cls, variant_name, pretrained,
@@ -111,17 +109,20 @@ def _cfg(**kwargs) -> dict:
 default_cfgs = generate_default_cfgs({model_name(s, v): _cfg() for s in SIZES for v in VARIANTS})
 
 
+def _entry(name: str, cls: type, kwargs: dict):
+    """timm's entry point for one model: ``fn(pretrained=False, **overrides)``, registered under ``name``."""
+    def entry(pretrained: bool = False, **overrides):
+        return _create(name, cls, kwargs, pretrained, **overrides)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__module__ = __name__
+    return entry
+
+
 def _register() -> None:
     for size, shape in SIZES.items():
         for variant, (cls, kwargs) in VARIANTS.items():
-            name = model_name(size, variant)
-            fn = functools.partial(_create, name, cls, {**shape, **kwargs})
-
-            def entry(pretrained: bool = False, _fn=fn, **overrides):
-                return _fn(pretrained=pretrained, **overrides)
-
-            entry.__name__ = entry.__qualname__ = name
-            entry.__module__ = __name__
+            entry = _entry(model_name(size, variant), cls, {**shape, **kwargs})
             entry.__doc__ = f"slotlib ViT ({size}, patch {PATCH}): {variant}"
             register_model(entry)
 

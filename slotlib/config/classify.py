@@ -40,6 +40,7 @@ PIPELINES = ("fast", "loader")
 OUTPUT_STRIDES = (None, 32, 16, 8)
 
 
+SLOTVIT_PREFIX = "slotvit_"   # slotlib's own ViT backbones (classify/vit_variants.py): no pretrained weights
 MIN_TOKENS = 4   # tokens per side the auto output_stride keeps at least
 
 
@@ -124,9 +125,9 @@ class ModelConfig:
         require(self.output_stride is None or self.feature_stride is None, "output_stride", self.output_stride,
                  "null when feature_stride is set (pick a shallower level or a dilated deepest one, not both)")
         require(bool(self.backbone.strip()), "backbone", self.backbone, "a timm model name")
-        require(not (self.backbone.startswith("slotvit_") and (self.pretrained or self.pretrained_file)),
-                "pretrained", self.pretrained, f"false for '{self.backbone}' (the slotvit_* backbones have no "
-                "pretrained weights: they train from scratch)")
+        require(not (self.backbone.startswith(SLOTVIT_PREFIX) and (self.pretrained or self.pretrained_file)),
+                "pretrained", self.pretrained, f"false for '{self.backbone}' (the {SLOTVIT_PREFIX}* backbones have "
+                "no pretrained weights: they train from scratch)")
 
 
 @dataclass(frozen=True)

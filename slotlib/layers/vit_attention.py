@@ -48,14 +48,19 @@ def set_token_grid(model: nn.Module, grid_size: tuple[int, int], num_prefix_toke
             module.num_prefix_tokens = int(num_prefix_tokens)
 
 
+def surround_mask(radius: int, **tensor_kwargs) -> torch.Tensor:
+    """``(2r+1) x (2r+1)`` ones with a 0 centre: the grid neighbours within ``radius``, not the token itself."""
+    mask = torch.ones(2 * radius + 1, 2 * radius + 1, **tensor_kwargs)
+    mask[radius, radius] = 0
+    return mask
+
+
 def neighbour_mean(x: torch.Tensor, p: int, h: int, w: int, radius: int = 1) -> torch.Tensor:
     """For each patch token, the mean of its grid neighbours within ``radius`` (Chebyshev distance, itself
     excluded, only positions inside the grid); prefix tokens get 0. ``x``: ``[..., N, d]``."""
     lead, d = x.shape[:-2], x.shape[-1]
     grid = x[..., p:, :].reshape(-1, h, w, d).permute(0, 3, 1, 2)                    # [*,d,H,W]
-    k = 2 * radius + 1
-    ones = torch.ones(1, 1, k, k, dtype=x.dtype, device=x.device)
-    ones[..., radius, radius] = 0
+    ones = surround_mask(radius, dtype=x.dtype, device=x.device)[None, None]
     sums = F.conv2d(grid.reshape(-1, 1, h, w), ones, padding=radius).reshape(grid.shape)
     counts = F.conv2d(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), ones, padding=radius)
     mean = (sums / counts).permute(0, 2, 3, 1).reshape(*lead, h * w, d)
@@ -83,13 +88,7 @@ class SpatialSuppressionAttention(_GridMixin, Attention):
         super().__init__(dim, num_heads=num_heads, **kwargs)
         self.suppression_radius = r = suppression_radius
         self.suppression = nn.Parameter(torch.zeros(num_heads, 2 * r + 1, 2 * r + 1))
-        self.register_buffer("centre_mask", self._centre_mask(r), persistent=False)
-
-    @staticmethod
-    def _centre_mask(r: int) -> torch.Tensor:
-        mask = torch.ones(2 * r + 1, 2 * r + 1)
-        mask[r, r] = 0
-        return mask
+        self.register_buffer("centre_mask", surround_mask(r), persistent=False)
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.suppression)

@@ -33,17 +33,7 @@ from typing import Any, Callable
 
 from ..config import Cell, ConfigError
 from .folder import DamagedRunFile, read_metrics
-from .grid_plan import (  # noqa: F401
-    NOTEBOOKS,
-    GridPlan,
-    begin_grid,
-    check_grid_folder,
-    check_weights_of,
-    count_cell_parameters,
-    plan_grid,
-    safe_status,
-    validate_cells,
-)
+from .grid_plan import NOTEBOOKS, begin_grid, count_cell_parameters, plan_grid, safe_status
 from .status import done_detail
 
 TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"

@@ -26,7 +26,6 @@ References: Ray core tasks and task fault tolerance, https://docs.ray.io/en/late
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Cell, ConfigError
-from .grid import KERNEL_START_GAP_S, finish_cell, start_cell
+from .grid import CELL_LOG, KERNEL_START_GAP_S, finish_cell, start_cell
 from .grid_plan import begin_grid, plan_grid, safe_status
 
 INSTALL_HINT = "pip install 'slotlib[ray]' (or pip install ray)"
@@ -183,7 +182,7 @@ def run_grid_ray(params_path: str | os.PathLike, out_root: str | os.PathLike, *,
             except (ray.exceptions.RayError, OSError) as err:   # retries used up: the node or worker kept dying
                 returncode = -1
                 (out_root / cell.id).mkdir(parents=True, exist_ok=True)
-                with open(out_root / cell.id / "log.txt", "a") as log:
+                with open(out_root / cell.id / CELL_LOG, "a") as log:
                     log.write(f"\nRayError: the cell's task failed {max_retries + 1} times: "
                               f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}\n")
             finish_cell(cell, out_root / cell.id, returncode, echo)
@@ -193,8 +192,3 @@ def run_grid_ray(params_path: str | os.PathLike, out_root: str | os.PathLike, *,
             ray.cancel(ref, force=True)
         raise
     return {c.id: safe_status(out_root / c.id)[0] for c in plan.cells}
-
-
-def describe_cluster(ray) -> str:
-    res = ray.cluster_resources()
-    return json.dumps({k: res[k] for k in ("CPU", "GPU") if k in res})
