@@ -57,6 +57,7 @@ def test_exponent_notation_without_a_dot_is_a_number():
 
 @pytest.mark.parametrize("params,key", [
     ({"scouter_norm": "abs"}, "scouter_norm"),
+    ({"scouter_logit_scale": 0}, "scouter_logit_scale"),
     ({"token_norm": "layer"}, "token_norm"),
     ({"slot_score": "mean"}, "slot_score"),
     ({"slot_iter": 3}, "slot_iter"),

@@ -122,6 +122,7 @@ def loss_of(model, lambda_area=0.05, head=None):
     ("head", "scouter", "linear"),
     ("scouter_sign", 1, -1),
     ("scouter_norm", "none", "scouter"),
+    ("scouter_logit_scale", 1.0, 16.0),
     ("token_norm", "group", "none"),
 ])
 def test_every_grid_axis_changes_the_output(axis, a, b):

@@ -55,6 +55,16 @@ def test_scouter_attention_is_sigmoid_not_softmax():
     assert not torch.allclose(attn.sum(1), torch.ones(B, N))  # slots do not compete
 
 
+def test_scouter_logit_scale_scales_only_the_logits():
+    x, pos = torch.rand(B, N, D), torch.rand(1, N, D)
+    torch.manual_seed(0)
+    logits, attn = ScouterSlotAttention(K, D)(x, pos)
+    torch.manual_seed(0)
+    scaled, attn_scaled = ScouterSlotAttention(K, D, logit_scale=16.0)(x, pos)
+    torch.testing.assert_close(scaled, 16.0 * logits)
+    torch.testing.assert_close(attn_scaled, attn)
+
+
 def test_scouter_has_no_unused_parameters():
     """The reference counted a query projection it never used; every parameter here gets a gradient."""
     torch.manual_seed(0)

@@ -72,7 +72,8 @@ def token_norm(cfg: ModelConfig) -> str:
 def create_head(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.head == "scouter":
         return ScouterSlotAttention(num_classes, cfg.hidden_dim, cfg.slots_per_class, cfg.slot_iters,
-                                    sign=cfg.scouter_sign, rescale=cfg.scouter_norm)
+                                    sign=cfg.scouter_sign, rescale=cfg.scouter_norm,
+                                    logit_scale=cfg.scouter_logit_scale)
     if cfg.head == "slot":
         return SlotClassifierHead(num_classes, cfg.hidden_dim, cfg.slots_per_class, cfg.slot_iters,
                                   score=cfg.slot_score)

@@ -98,6 +98,9 @@ class ModelConfig:
     scouter_norm: str = param("none", "SCOUTER's slot-token dot products: 'none' (scaled dot products, trains) or "
                                    "'scouter' (the authors': each slot's row over its signed sum, times the total; "
                                    "saturates the sigmoid and stalls)")
+    scouter_logit_scale: float = param(1.0, "SCOUTER's class logit is this times the channel mean of its slot's "
+                                            "attention-weighted tokens (the authors: 1); larger learns faster "
+                                            "on frozen features (README, 'Slot heads')")
     token_norm: str = param("auto", "after the 1x1 projection and ReLU: 'group' (GroupNorm over channels and "
                                  "positions), 'none', or 'auto' (none for scouter, whose logits read each token's "
                                  "channel mean, which GroupNorm centres; group otherwise)")
@@ -116,6 +119,7 @@ class ModelConfig:
         require(self.area_power > 0, "area_power", self.area_power, "a number > 0")
         require(self.scouter_norm in SCOUTER_NORMS, "scouter_norm", self.scouter_norm,
                  f"one of {', '.join(SCOUTER_NORMS)}")
+        require(self.scouter_logit_scale > 0, "scouter_logit_scale", self.scouter_logit_scale, "a number > 0")
         require(self.token_norm in TOKEN_NORMS, "token_norm", self.token_norm, f"one of {', '.join(TOKEN_NORMS)}")
         require(self.slot_score in SLOT_SCORES, "slot_score", self.slot_score, f"one of {', '.join(SLOT_SCORES)}")
         require(self.feature_stride is None or self.feature_stride >= 1, "feature_stride", self.feature_stride,
@@ -201,7 +205,8 @@ LOCAL_ONLY = ("data_root", "num_workers")
 # Parameters added after cell ids were in use, with the value that computes what was computed
 # before they existed: at that value they stay out of the hash, so adding a parameter does not
 # orphan the cell folders of a grid already run (or half run). Any other value is hashed.
-HASH_NEUTRAL: dict[str, Any] = {"crop_scale": 0.08, "dihedral": False, "heatmap_tiles": 2, "stage2_batchnorm": "train"}
+HASH_NEUTRAL: dict[str, Any] = {"crop_scale": 0.08, "dihedral": False, "heatmap_tiles": 2, "stage2_batchnorm": "train",
+                                 "scouter_logit_scale": 1.0}
 
 
 @dataclass(frozen=True)

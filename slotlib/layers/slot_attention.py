@@ -36,15 +36,20 @@ class ScouterSlotAttention(nn.Module):
     saturates and no gradient flows; when a row sum nears zero they explode. On frozen ImageNet
     features of EuroSAT it stays near chance (README, "Slot heads"). ``'none'`` (the default)
     feeds the plain scaled dot products ``slot . key / sqrt(D)``, as every other attention does.
+
+    ``logit_scale`` multiplies the logits (the authors: 1). A logit is an attention-weighted sum of
+    the tokens' channel means, so it spans a narrow range and cross-entropy's gradient reaches
+    the attention weakly; a larger scale widens it (README, "Slot heads").
     """
 
     def __init__(self, num_classes: int, dim: int, slots_per_class: int = 1, iters: int = 5,
-                 sign: int = 1, key_layers: int = 1, rescale: str = "none", eps: float = 1e-6) -> None:
+                 sign: int = 1, key_layers: int = 1, rescale: str = "none", logit_scale: float = 1.0,
+                 eps: float = 1e-6) -> None:
         super().__init__()
         if rescale not in ("none", "scouter"):
             raise ValueError(f"rescale must be 'none' or 'scouter', got {rescale!r}")
         self.num_classes, self.slots_per_class, self.iters, self.sign = num_classes, slots_per_class, iters, sign
-        self.rescale, self.eps = rescale, eps
+        self.rescale, self.logit_scale, self.eps = rescale, logit_scale, eps
         self.scale = dim ** -0.5
         num_slots = num_classes * slots_per_class
         # SCOUTER draws the initial slots once from N(mu, sigma) and then learns them directly;
@@ -69,7 +74,7 @@ class ScouterSlotAttention(nn.Module):
             updates = torch.einsum("bsn,bnd->bsd", attn, x) / d         # [B,S,D] values are the raw tokens
             slots = self.gru(updates.reshape(-1, d), slots.reshape(-1, d)).view(b, -1, d)  # [B,S,D]
         per_class = updates.view(b, self.num_classes, self.slots_per_class, d)        # [B,K,P,D]
-        logits = self.sign * per_class.sum((2, 3))                      # [B,K] a class's slots add up
+        logits = self.sign * self.logit_scale * per_class.sum((2, 3))   # [B,K] a class's slots add up
         return logits, attn
 
     def scouter_rescale(self, dots: torch.Tensor) -> torch.Tensor:
