@@ -52,10 +52,9 @@ from .params_file import (
                        parse_set,
 )
 
-__all__ = ["ALIASES", "DEFAULTS", "DEFAULT_NOTEBOOK", "DISCOVERY_BACKGROUNDS", "DISCOVERY_LOCAL_ONLY", "DISCOVERY_SIZES",
-           "FIELDS", "HASH_NEUTRAL", "HEADS", "HELP", "LOCAL_ONLY", "MIN_TOKENS", "NOTEBOOK_CONFIGS", "NOTEBOOK_EXTRAS",
-           "OUTPUT_STRIDES", "PIPELINES", "PRECISIONS", "SCOUTER_NORMS", "SECTIONS", "SLOTVIT_PREFIX", "SLOT_SCORES",
-           "TOKEN_NORMS",
-           "TOP_KEYS", "Cell", "Config", "ConfigError", "DataConfig", "DiscoveryConfig", "ModelConfig", "ParamsFile",
-           "TrainConfig", "cell_id", "config_names", "from_namespace", "grid_products", "load_params_file",
-           "parse_params", "parse_set"]
+__all__ = ["ALIASES", "DEFAULTS", "DEFAULT_NOTEBOOK", "DISCOVERY_BACKGROUNDS", "DISCOVERY_LOCAL_ONLY",
+           "DISCOVERY_SIZES", "FIELDS", "HASH_NEUTRAL", "HEADS", "HELP", "LOCAL_ONLY", "MIN_TOKENS", "NOTEBOOK_CONFIGS",
+           "NOTEBOOK_EXTRAS", "OUTPUT_STRIDES", "PIPELINES", "PRECISIONS", "SCOUTER_NORMS", "SECTIONS",
+           "SLOTVIT_PREFIX", "SLOT_SCORES", "TOKEN_NORMS", "TOP_KEYS", "Cell", "Config", "ConfigError", "DataConfig",
+           "DiscoveryConfig", "ModelConfig", "ParamsFile", "TrainConfig", "cell_id", "config_names", "from_namespace",
+           "grid_products", "load_params_file", "parse_params", "parse_set"]
