@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import MIN_TOKENS, ConfigError, ModelConfig
+from ..layers.dilated_conv import speed_up_dilated_depthwise
 from . import vit_variants  # registers the slotvit_* backbones with timm
 
 
@@ -56,13 +57,13 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
         kwargs["pretrained_cfg_overlay"] = {"file": path}
         source = f"{WEIGHTS_ENV} file {path!r}"
     try:
-        return without_unused_stages(timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
+        return _finish(timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
                                                        **kwargs))
     except TypeError as err:
         if "output_stride" not in str(err):
             raise
         if cfg.output_stride is None:   # auto: a backbone that cannot dilate keeps its own stride
-            return without_unused_stages(timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
+            return _finish(timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
                                                            **{k: v for k, v in kwargs.items() if k != "output_stride"}))
         raise ConfigError(f"parameter 'output_stride' is {output_stride}, but timm '{cfg.backbone}' cannot dilate "
                           f"its stages (its constructor takes no output_stride); leave output_stride: null") from None
@@ -74,6 +75,13 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
     except RuntimeError as err:  # state_dict keys or shapes do not fit
         raise ConfigError(f"weights in {source} do not fit timm '{cfg.backbone}': "
                           f"{str(err).splitlines()[0]}") from None
+
+
+def _finish(model: nn.Module) -> nn.Module:
+    """The built backbone without its unused stages, its dilated depthwise convolutions given a fast CPU
+    backward (same weights and state_dict; see slotlib.layers.dilated_conv)."""
+    speed_up_dilated_depthwise(without_unused_stages(model))
+    return model
 
 
 def without_unused_stages(model: nn.Module) -> nn.Module:
