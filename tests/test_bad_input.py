@@ -121,6 +121,9 @@ PROBES = {
     "unknown backbone, grid": (lambda p: ["grid", p.params(backbone="nope_net"), "--out", str(p.tmp / "g")],
                                "must be a timm model name"),
     "fixed-size backbone at 32 px": (lambda p: p.train(backbone="vit_tiny_patch16_224"), "does not take 32 px"),
+    "eval_size a fixed-size backbone cannot take": (
+        lambda p: p.train(backbone="vit_tiny_patch16_224", image_size=224, eval_size=64),
+        "parameter 'eval_size' is 64, but timm 'vit_tiny_patch16_224' built for 224 px does not take 64 px"),
     "truncated JPEG": (lambda p: _bad_tile(p, content=p.tile("Forest", 1).read_bytes()[:200]), "Pasture_2.jpg"),
     "text file named .jpg": (lambda p: _bad_tile(p, content=b"hello, I am text"), "could not be decoded"),
     "80x80 JPEG": (lambda p: _bad_tile(p, size=80), "is a 80x80 RGB image"),

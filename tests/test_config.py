@@ -58,6 +58,8 @@ def test_exponent_notation_without_a_dot_is_a_number():
 @pytest.mark.parametrize("params,key", [
     ({"scouter_norm": "abs"}, "scouter_norm"),
     ({"scouter_logit_scale": 0}, "scouter_logit_scale"),
+    ({"eval_size": 8}, "eval_size"),
+    ({"tta": "flips"}, "tta"),
     ({"token_norm": "layer"}, "token_norm"),
     ({"slot_score": "mean"}, "slot_score"),
     ({"slot_iter": 3}, "slot_iter"),
@@ -194,10 +196,32 @@ def test_a_parameter_added_later_keeps_old_ids_at_its_neutral_value():
     computed before, they are not hashed, so those grids' cell folders keep their ids."""
     from slotlib.config import HASH_NEUTRAL
 
-    base = Config.from_params({})
-    assert {k: base.to_params()[k] for k in HASH_NEUTRAL} == HASH_NEUTRAL   # the defaults are neutral
+    base = Config.from_params({"scouter_logit_scale": 1.0})
+    assert {k: base.to_params()[k] for k in HASH_NEUTRAL} == HASH_NEUTRAL   # the defaults are neutral, but for
+    assert Config.from_params({}).model.scouter_logit_scale == 16.0            # the SCOUTER scale, changed on purpose
     params = {k: v for k, v in base.to_params().items() if k not in ("data_root", "num_workers", *HASH_NEUTRAL)}
     import hashlib
     assert base.digest() == hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     assert Config.from_params({"dihedral": True}).digest() != base.digest()
     assert Config.from_params({"crop_scale": 0.35}).digest() != base.digest()
+
+
+def test_a_parameter_of_one_head_does_not_rename_the_other_heads_cells():
+    """scouter_logit_scale's default moved from 1 to 16: SCOUTER cells at the default are new cells (other
+    ids), the slot and linear cells, which never read it, keep theirs, and so do SCOUTER cells at 1."""
+    from slotlib.config import ONE_HEAD_ONLY
+
+    assert ONE_HEAD_ONLY == {"scouter_logit_scale": "scouter"}
+    for head in ("slot", "linear"):
+        assert (Config.from_params({"head": head}).digest()
+                == Config.from_params({"head": head, "scouter_logit_scale": 1.0}).digest()
+                == Config.from_params({"head": head, "scouter_logit_scale": 3.0}).digest())
+    assert Config.from_params({}).digest() != Config.from_params({"scouter_logit_scale": 1.0}).digest()
+
+
+def test_eval_size_defaults_to_the_training_size():
+    assert Config.from_params({"image_size": 64}).data.eval_px == 64
+    assert Config.from_params({"image_size": 64, "eval_size": 80}).data.eval_px == 80
+    assert Config.from_params({"eval_size": None}).digest() == Config.from_params({}).digest()
+    assert Config.from_params({"tta": "none"}).digest() == Config.from_params({}).digest()
+    assert Config.from_params({"tta": "flip"}).digest() != Config.from_params({}).digest()

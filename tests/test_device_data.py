@@ -157,3 +157,18 @@ def test_tiles_on_copies_the_read_only_cache_once(tmp_path):
     ro = np.load(tmp_path / "t.npy", mmap_mode="r")
     tiles = dd.tiles_on(ro, torch.device("cpu"), chunk=2)
     assert tiles.shape == (5, 3, 4, 4) and torch.equal(tiles.permute(0, 2, 3, 1), torch.from_numpy(np.array(ro)))
+
+
+@pytest.mark.parametrize("pipeline", ["fast", "loader"])
+def test_eval_size_resizes_only_the_evaluation_splits(pipeline):
+    from types import SimpleNamespace
+
+    from slotlib.data.transforms import make_loaders
+
+    rng = np.random.default_rng(0)
+    ds = SimpleNamespace(images=rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8), labels=np.arange(12) % 3)
+    splits = {"train": np.arange(6), "val": np.arange(6, 9), "test": np.arange(9, 12)}
+    common = dict(image_size=48, batch_size=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), eval_size=80)
+    loaders = (dd.make_device_loaders(ds, splits, **common) if pipeline == "fast" else make_loaders(ds, splits, **common))
+    sizes = {name: next(iter(loader))[0].shape[-1] for name, loader in loaders.items()}
+    assert sizes == {"train": 48, "val": 80, "test": 80}

@@ -54,8 +54,8 @@ def run(tiny_root, isolated_cache, tmp_path):
 def test_two_stage_run_writes_the_cell_folder(run, tmp_path, monkeypatch):
     splits_seen = []
     evaluate = training.evaluate
-    monkeypatch.setattr(training, "evaluate", lambda exp, model, split: splits_seen.append(split) or
-                        evaluate(exp, model, split))
+    monkeypatch.setattr(training, "evaluate", lambda exp, model, split, tta="none": splits_seen.append(split) or
+                        evaluate(exp, model, split, tta=tta))
     metrics = run(stage1_epochs=2, stage2_epochs=1)
     out = tmp_path / "run"
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
@@ -237,6 +237,48 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_root, isolated_c
     for key in ("status", "best_val_acc", "best_stage", "best_epoch", "stage1_best_val_acc", "test_acc", "test_loss",
                 "per_class_test_acc"):
         assert metrics[key] == reference[key], key
+
+
+def test_tta_and_eval_size_change_only_the_final_evaluation(run, tmp_path, monkeypatch):
+    """tta: the best weights are tested with and without the views (both in metrics.json); the per-epoch
+    validation that selects them stays plain. eval_size: val, test and maps at that size."""
+    seen = []
+    evaluate = training.evaluate
+
+    def spy(exp, model, split, tta="none"):
+        seen.append((split, tta, exp.loaders[split].image_size))
+        return evaluate(exp, model, split, tta=tta)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    metrics = run(tta="dihedral", eval_size=80)
+    assert seen == [("val", "none", 80), ("val", "none", 80), ("test", "dihedral", 80), ("test", "none", 80),
+                    ("val", "dihedral", 80)]
+    assert all(0 <= metrics[k] <= 1 for k in ("test_acc", "test_acc_plain", "val_acc_tta"))
+    plain = run(name="plain")
+    assert plain["status"] == "done" and "test_acc_plain" not in plain and "val_acc_tta" not in plain
+
+
+def test_tta_averages_the_probabilities_of_the_views(run, tmp_path, tiny_root):
+    from slotlib.classify.experiment import prepare
+    from slotlib.data.transforms import test_time_views
+
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float).view(2, 3, 4, 4)
+    views = test_time_views(images, "dihedral")
+    assert len(views) == 8 and len({tuple(v.flatten().tolist()) for v in views}) == 8
+    assert [len(test_time_views(images, t)) for t in ("none", "flip")] == [1, 2]
+    assert torch.equal(test_time_views(images, "flip")[1], images.flip(-1))
+    run(name="cell")
+    exp = prepare(Config.from_params(tiny(tiny_root)), tmp_path / "cell", progress=False)
+    exp.model.load_state_dict(torch.load(tmp_path / "cell" / "best.pt", weights_only=True))
+    exp.model.eval()
+    got = steps.evaluate(exp, exp.model, "test", tta="flip")
+    right = total = 0
+    with torch.no_grad():
+        for x, y in exp.loaders["test"]:
+            probs = sum(exp.model(v)[0].softmax(1) for v in test_time_views(x, "flip"))
+            right += int((probs.argmax(1) == y).sum())
+            total += len(y)
+    assert got["acc"] == pytest.approx(right / total)
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):

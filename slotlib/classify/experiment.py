@@ -55,7 +55,7 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     """
     out_dir = Path(out_dir)
     check_run_folder(config, out_dir)
-    check_builds(config.model, config.data.image_size)   # before loading data: a bad backbone fails in seconds
+    check_builds(config.model, config.data.image_size, eval_size=config.data.eval_size)   # a bad backbone fails in seconds
     device = resolve_device(config.train.device)
     dc = config.data
     ds = load_eurosat(dc.data_root, per_class_limit=dc.per_class_limit)
@@ -72,11 +72,12 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
         loaders = make_device_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
                                       std=std, augment=dc.augment, seed=config.train.seed, device=device,
                                       channels_last=channels_last(device), crop_scale=dc.crop_scale,
-                                      dihedral=dc.dihedral)
+                                      dihedral=dc.dihedral, eval_size=dc.eval_px)
     else:
         loaders = make_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
                                        std=std, augment=dc.augment, num_workers=dc.num_workers,
-                                       seed=config.train.seed, crop_scale=dc.crop_scale, dihedral=dc.dihedral)
+                                       seed=config.train.seed, crop_scale=dc.crop_scale, dihedral=dc.dihedral,
+                                       eval_size=dc.eval_px)
     seed_everything(config.train.seed)
     model = tune_for_device(SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained,
                                            image_size=dc.image_size), device)

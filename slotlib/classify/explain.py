@@ -112,7 +112,7 @@ def eval_inputs(exp, tiles: np.ndarray) -> torch.Tensor:
     """uint8 tiles ``[M,64,64,3]`` -> normalised inputs ``[M,3,S,S]`` on the run's device (evaluation transform)."""
     from ..data.transforms import build_transforms
 
-    _, eval_tf = build_transforms(exp.config.data.image_size, exp.mean, exp.std, augment=False)
+    _, eval_tf = build_transforms(exp.config.data.eval_px, exp.mean, exp.std, augment=False)
     batch = torch.from_numpy(np.array(tiles, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2)  # the cache is read-only
     return eval_tf(batch).to(exp.device)
 
@@ -164,7 +164,7 @@ def predict_split(exp, split: str = "test", limit: int | None = None, seed: int 
     tiles = np.asarray(exp.data.images[idx])
     preds, slots = [], []
     exp.model.eval()
-    h, w = exp.model.token_grid(exp.config.data.image_size)
+    h, w = exp.model.token_grid(exp.config.data.eval_px)
     for start in range(0, len(idx), batch):
         images = eval_inputs(exp, tiles[start:start + batch])
         logits, attn = exp.model(images)                                # [B,K], [B,S,N]

@@ -3,7 +3,7 @@
 Stage 1 trains the head on a frozen backbone (kept in eval mode, so BatchNorm statistics stay
 put); the best stage-1 weights are then restored and stage 2 fine-tunes everything at a lower
 learning rate. The best validation accuracy over both stages wins; the test set is evaluated
-once, at the end, on those weights.
+once, at the end, on those weights (with ``tta``, also without it, to show what the views add).
 
 A run writes one folder (see DESIGN.md, "One cell's folder"), every file atomically:
 ``params.yaml``, ``history.csv``, ``metrics.json``, ``best.pt``, ``last.pt`` and, at the end,
@@ -111,7 +111,11 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
                 # stage 2 starts from the best stage-1 weights
                 exp.model.load_state_dict(load_checkpoint(out / "best.pt", exp.device))
         exp.model.load_state_dict(load_checkpoint(out / "best.pt", exp.device))
-        test = evaluate(exp, step_model, "test")
+        tta = cfg.train.tta
+        test = evaluate(exp, step_model, "test", tta=tta)
+        with_tta = {} if tta == "none" else {   # what the views add, on the same weights
+            "test_acc_plain": evaluate(exp, step_model, "test")["acc"],
+            "val_acc_tta": evaluate(exp, step_model, "val", tta=tta)["acc"]}
         per_class = {name: (row[i] / sum(row) if sum(row) else None)
                      for i, (name, row) in enumerate(zip(exp.class_names, test["confusion"]))}
         explanation = {}
@@ -122,7 +126,8 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
             from .explain import MAPS_FILE, write_maps
             write_maps(exp, out / MAPS_FILE, per_class=cfg.train.heatmap_tiles)
         return write_metrics("done", test_acc=test["acc"], test_loss=test["loss"], per_class_test_acc=per_class,
-                             test_confusion=test["confusion"], class_names=list(exp.class_names), **explanation)
+                             test_confusion=test["confusion"], class_names=list(exp.class_names), **with_tta,
+                             **explanation)
     except KeyboardInterrupt:
         raise  # status stays "running": last.pt resumes it
     except HeadCollapseError as err:

@@ -121,14 +121,15 @@ def count_parameters(cfg: Config, num_classes: int = 10) -> dict[str, int]:
 _CHECKED: set[tuple] = set()
 
 
-def check_builds(cfg: ModelConfig, image_size: int, num_classes: int = 10) -> None:
-    """Build the model without weights and run one forward pass at ``image_size``: a backbone name timm does
-    not know, or one that takes a fixed input size, is one sentence now instead of a traceback mid-run.
+def check_builds(cfg: ModelConfig, image_size: int, num_classes: int = 10, *, eval_size: int | None = None) -> None:
+    """Build the model without weights and run one forward pass at ``image_size`` (and at ``eval_size``): a
+    backbone name timm does not know, or one that takes a fixed input size, is one sentence now instead of
+    a traceback mid-run.
 
     Under a forked RNG, so checking does not change the weights the run then draws. Cached per
     (model parameters, image size).
     """
-    key = (cfg, image_size, num_classes)
+    key = (cfg, image_size, num_classes, eval_size)
     if key in _CHECKED:
         return
     with torch.random.fork_rng(devices=[]):
@@ -147,6 +148,14 @@ def check_builds(cfg: ModelConfig, image_size: int, num_classes: int = 10) -> No
             raise ConfigError(f"timm '{cfg.backbone}' does not take {image_size} px inputs ({_first(err)}); set "
                               f"'image_size'" + (f" to {size}" if size else " to a size it takes")
                               + " or choose another backbone") from None
+        if eval_size is not None and eval_size != image_size:
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(1, 3, eval_size, eval_size))
+            except (RuntimeError, ValueError, AssertionError) as err:
+                raise ConfigError(f"parameter 'eval_size' is {eval_size}, but timm '{cfg.backbone}' built for "
+                                  f"{image_size} px does not take {eval_size} px inputs ({_first(err)}); set "
+                                  f"eval_size: null (evaluate at image_size)") from None
     if tuple(logits.shape) != (1, num_classes):
         raise ConfigError(f"timm '{cfg.backbone}' gives logits of shape {tuple(logits.shape)} at {image_size} px; "
                           f"expected (1, {num_classes})")

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..data.transforms import test_time_views
 from ..runtime import NonFiniteLossError, autocast_dtype, sync
 from .experiment import Experiment, channels_last
 from .losses import (
@@ -227,8 +228,11 @@ def collapse_of(exp: Experiment, plan: StagePlan, epoch: int, result: EpochResul
 
 
 @torch.no_grad()
-def evaluate(exp: Experiment, model: Callable, split: str) -> dict[str, Any]:
-    """Loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+def evaluate(exp: Experiment, model: Callable, split: str, tta: str = "none") -> dict[str, Any]:
+    """Loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
+
+    ``tta`` other than 'none': the prediction is the argmax of the class probabilities averaged over the
+    views of :func:`~slotlib.data.transforms.test_time_views`; the loss stays the plain view's objective."""
     device = exp.device
     was_training = exp.model.training
     exp.model.eval()
@@ -238,6 +242,12 @@ def evaluate(exp: Experiment, model: Callable, split: str) -> dict[str, Any]:
     for images, target in exp.loaders[split]:
         target, logits, loss, _ = forward_loss(exp, model, images, target)
         loss_sum += loss * target.shape[0]
+        if tta != "none":
+            views = test_time_views(images, tta)
+            probs = logits.float().softmax(1)
+            for view in views[1:]:
+                probs += forward_loss(exp, model, view, target)[1].float().softmax(1)
+            logits = probs / len(views)
         confusion += torch.bincount(target * k + logits.argmax(1), minlength=k * k).view(k, k)
     exp.model.train(was_training)
     confusion = confusion.cpu()

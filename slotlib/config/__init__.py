@@ -20,6 +20,7 @@ from .classify import (
                        HELP,
                        LOCAL_ONLY,
                        MIN_TOKENS,
+                       ONE_HEAD_ONLY,
                        OUTPUT_STRIDES,
                        PIPELINES,
                        PRECISIONS,
@@ -28,6 +29,7 @@ from .classify import (
                        SLOT_SCORES,
                        SLOTVIT_PREFIX,
                        TOKEN_NORMS,
+                       TTAS,
                        Config,
                        DataConfig,
                        ModelConfig,
@@ -54,7 +56,7 @@ from .params_file import (
 
 __all__ = ["ALIASES", "DEFAULTS", "DEFAULT_NOTEBOOK", "DISCOVERY_BACKGROUNDS", "DISCOVERY_LOCAL_ONLY",
            "DISCOVERY_SIZES", "FIELDS", "HASH_NEUTRAL", "HEADS", "HELP", "LOCAL_ONLY", "MIN_TOKENS", "NOTEBOOK_CONFIGS",
-           "NOTEBOOK_EXTRAS", "OUTPUT_STRIDES", "PIPELINES", "PRECISIONS", "SCOUTER_NORMS", "SECTIONS",
-           "SLOTVIT_PREFIX", "SLOT_SCORES", "TOKEN_NORMS", "TOP_KEYS", "Cell", "Config", "ConfigError", "DataConfig",
-           "DiscoveryConfig", "ModelConfig", "ParamsFile", "TrainConfig", "cell_id", "config_names", "from_namespace",
-           "grid_products", "load_params_file", "parse_params", "parse_set"]
+           "NOTEBOOK_EXTRAS", "ONE_HEAD_ONLY", "OUTPUT_STRIDES", "PIPELINES", "PRECISIONS", "SCOUTER_NORMS", "SECTIONS",
+           "SLOTVIT_PREFIX", "SLOT_SCORES", "TOKEN_NORMS", "TOP_KEYS", "TTAS", "Cell", "Config", "ConfigError",
+           "DataConfig", "DiscoveryConfig", "ModelConfig", "ParamsFile", "TrainConfig", "cell_id", "config_names",
+           "from_namespace", "grid_products", "load_params_file", "parse_params", "parse_set"]

@@ -37,6 +37,9 @@ STAGE2_BATCHNORMS = ("train", "frozen")
 PIPELINES = ("fast", "loader")
 
 
+TTAS = ("none", "flip", "dihedral")
+
+
 OUTPUT_STRIDES = (None, 32, 16, 8)
 
 
@@ -52,6 +55,9 @@ class DataConfig:
     split_fractions: tuple[float, float, float] = param((0.7, 0.15, 0.15), "train/val/test fractions of the random split")
     per_class_limit: int | None = param(None, "keep the first N tiles of each class, for quick runs; null keeps all")
     image_size: int = param(224, "input size in pixels: tiles are 64 px and are resized to this")
+    eval_size: int | None = param(None, "input size in pixels for validation, test and the attention maps; null: "
+                                        "image_size (a network trained on crops of a tile sees its objects larger "
+                                        "than in the whole tile resized to image_size: README, 'Evaluation size')")
     batch_size: int = param(32, "images per optimiser step")
     augment: bool = param(True, "random resized crop, flip, rotation 15 deg, colour jitter 0.2 on training tiles")
     crop_scale: float = param(0.08, "smallest area fraction the random resized crop keeps (torchvision's and the "
@@ -69,12 +75,19 @@ class DataConfig:
         require(self.per_class_limit is None or self.per_class_limit >= 3,
                  "per_class_limit", self.per_class_limit, "null or an integer >= 3 (one tile each for train, val, test)")
         require(16 <= self.image_size <= 1024, "image_size", self.image_size, "an integer in [16, 1024]")
+        require(self.eval_size is None or 16 <= self.eval_size <= 1024, "eval_size", self.eval_size,
+                 "null (image_size) or an integer in [16, 1024]")
         require(0.0 < self.crop_scale <= 1.0, "crop_scale", self.crop_scale, "a number in (0, 1]")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
         require(self.pipeline in PIPELINES, "pipeline", self.pipeline, f"one of {', '.join(PIPELINES)}")
         require(self.split == "random" or bool(self.split.strip()), "split", self.split,
                  "'random' or the path of a split file")
+
+    @property
+    def eval_px(self) -> int:
+        """The input size of validation, test and attention maps."""
+        return self.image_size if self.eval_size is None else self.eval_size
 
 
 @dataclass(frozen=True)
@@ -98,9 +111,9 @@ class ModelConfig:
     scouter_norm: str = param("none", "SCOUTER's slot-token dot products: 'none' (scaled dot products, trains) or "
                                    "'scouter' (the authors': each slot's row over its signed sum, times the total; "
                                    "saturates the sigmoid and stalls)")
-    scouter_logit_scale: float = param(1.0, "SCOUTER's class logit is this times the channel mean of its slot's "
-                                            "attention-weighted tokens (the authors: 1); larger learns faster "
-                                            "on frozen features (README, 'Slot heads')")
+    scouter_logit_scale: float = param(16.0, "SCOUTER's class logit is this times the channel mean of its slot's "
+                                             "attention-weighted tokens (the authors: 1, which learns slower than "
+                                             "the linear head: README, 'Slot heads')")
     token_norm: str = param("auto", "after the 1x1 projection and ReLU: 'group' (GroupNorm over channels and "
                                  "positions), 'none', or 'auto' (none for scouter, whose logits read each token's "
                                  "channel mean, which GroupNorm centres; group otherwise)")
@@ -148,6 +161,9 @@ class TrainConfig:
     weight_decay: float = param(0.01, "AdamW weight decay")
     grad_clip: float | None = param(1.0, "clip the gradient norm to this; null turns clipping off")
     label_smoothing: float = param(0.0, "label smoothing of the cross-entropy")
+    tta: str = param("none", "test-time augmentation of the final evaluation of the best weights (the per-epoch "
+                             "validation that picks them stays plain): 'none', 'flip' (2 views) or 'dihedral' (the 8 "
+                             "symmetries of the square); class probabilities are averaged over the views")
     seed: int = param(0, "seed for python, numpy, torch and every generator")
     precision: str = param("auto", "'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'fp32', 'bf16' or 'fp16'")
     compile: bool = param(False, "torch.compile the model")
@@ -169,6 +185,7 @@ class TrainConfig:
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "null or a number > 0")
         require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a number in [0, 1)")
+        require(self.tta in TTAS, "tta", self.tta, f"one of {', '.join(TTAS)}")
         require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None, "device", self.device,
                  "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
@@ -206,7 +223,12 @@ LOCAL_ONLY = ("data_root", "num_workers")
 # before they existed: at that value they stay out of the hash, so adding a parameter does not
 # orphan the cell folders of a grid already run (or half run). Any other value is hashed.
 HASH_NEUTRAL: dict[str, Any] = {"crop_scale": 0.08, "dihedral": False, "heatmap_tiles": 2, "stage2_batchnorm": "train",
-                                 "scouter_logit_scale": 1.0}
+                                 "scouter_logit_scale": 1.0, "eval_size": None, "tta": "none"}
+
+
+# Parameters that only one head reads, by that head: for the other heads they stay out of the hash,
+# so changing such a parameter's default does not rename (orphan) the cells of heads it never touched.
+ONE_HEAD_ONLY: dict[str, str] = {"scouter_logit_scale": "scouter"}
 
 
 @dataclass(frozen=True)
@@ -246,6 +268,8 @@ class Config:
 
     def digest(self) -> str:
         """Short hash of every parameter that changes what is computed."""
+        head = self.model.head
         params = {k: v for k, v in self.to_params().items()
-                  if k not in LOCAL_ONLY and not (k in HASH_NEUTRAL and v == HASH_NEUTRAL[k])}
+                  if k not in LOCAL_ONLY and not (k in HASH_NEUTRAL and v == HASH_NEUTRAL[k])
+                  and ONE_HEAD_ONLY.get(k, head) == head}
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]

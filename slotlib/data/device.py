@@ -228,14 +228,17 @@ def make_device_loaders(ds, splits: dict[str, np.ndarray], *, image_size: int, b
                         mean: Sequence[float], std: Sequence[float], augment: bool = True, seed: int = 0,
                         device: torch.device | str = "cpu", channels_last: bool = False,
                         drop_last_train: bool = False, crop_scale: float = CROP_SCALE[0],
-                        dihedral: bool = False) -> dict[str, DeviceLoader]:
-    """One DeviceLoader per split (only 'train' shuffles and augments), sharing one copy of the tiles."""
+                        dihedral: bool = False, eval_size: int | None = None) -> dict[str, DeviceLoader]:
+    """One DeviceLoader per split (only 'train' shuffles and augments), sharing one copy of the tiles;
+    the other splits are resized to ``eval_size`` (default ``image_size``)."""
     if "train" not in splits or len(splits["train"]) == 0:
         raise ValueError("splits needs a non-empty 'train' entry")
     device = torch.device(device)
     tiles = tiles_on(ds.images, device)
     labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64), device=device)
-    return {name: DeviceLoader(tiles, labels, idx, image_size=image_size, batch_size=batch_size, mean=mean,
+    eval_size = image_size if eval_size is None else eval_size
+    return {name: DeviceLoader(tiles, labels, idx, image_size=image_size if name == "train" else eval_size,
+                               batch_size=batch_size, mean=mean,
                                std=std, train=name == "train", augment=augment, seed=seed,
                                drop_last=drop_last_train, channels_last=channels_last,
                                crop_scale=crop_scale, dihedral=dihedral)

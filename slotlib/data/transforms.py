@@ -156,8 +156,10 @@ def make_loaders(
     drop_last_train: bool = False,
     crop_scale: float = 0.08,
     dihedral: bool = False,
+    eval_size: int | None = None,
 ) -> dict[str, DataLoader]:
-    """One DataLoader per entry of ``splits``; only 'train' shuffles and augments.
+    """One DataLoader per entry of ``splits``; only 'train' shuffles and augments; the others are
+    resized to ``eval_size`` (default ``image_size``).
 
     The train order comes from a ``torch.Generator`` seeded with ``seed``. With
     ``num_workers > 0`` the per-worker augmentation seeds derive from it too;
@@ -172,6 +174,8 @@ def make_loaders(
         raise ValueError(f"batch_size={batch_size!r} is invalid; use a positive integer.")
     train_tf, eval_tf = build_transforms(image_size, mean, std, augment=augment, crop_scale=crop_scale,
                                          dihedral=dihedral)
+    if eval_size is not None and eval_size != image_size:
+        _, eval_tf = build_transforms(eval_size, mean, std, augment=False)
     worker_opts: dict = (
         {"persistent_workers": True, "worker_init_fn": seed_worker} if num_workers > 0 else {}
     )
@@ -190,3 +194,17 @@ def make_loaders(
             **worker_opts,
         )
     return loaders
+
+
+def test_time_views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The views of a batch ``[B,3,S,S]`` that test-time augmentation averages over: ``'none'`` the batch,
+    ``'flip'`` it and its horizontal mirror, ``'dihedral'`` the 8 symmetries of the square (4 quarter turns,
+    each also mirrored)."""
+    if tta == "none":
+        return [images]
+    if tta == "flip":
+        return [images, images.flip(-1)]
+    if tta == "dihedral":
+        turns = [images.rot90(k, dims=(-2, -1)) for k in range(4)]
+        return turns + [t.flip(-1) for t in turns]
+    raise ValueError(f"tta={tta!r} is invalid; use 'none', 'flip' or 'dihedral'")
