@@ -1,5 +1,5 @@
 """A Markdown table of a grid folder's cells, seeds pooled: mean and sd of best validation and
-test accuracy, collapsed or failed cells, wall time, training images/s (median over epochs and
+test accuracy (with ``tta``: also the plain test and the validation with the views), collapsed or failed cells, wall time, training images/s (median over epochs and
 cells, from history.csv) and parameters. Cells still running are left out.
 
     .venv/bin/python benchmarks/seed_table.py outputs/head_check
@@ -43,22 +43,29 @@ def main(root: str) -> None:
         seed = re.search(r"seed(\d+)", cell.name)
         metrics["seed"] = int(seed.group(1)) if seed else None
         groups.setdefault(name, []).append(metrics)
-    print("| cells | seeds | best val acc (%) | test acc (%) | collapsed / failed | wall (min, median) "
+    tta = any("test_acc_plain" in m for cells in groups.values() for m in cells)
+    extra = " test acc, plain (%) | val acc, tta (%) |" if tta else ""
+    print("| cells | seeds | best val acc (%) | test acc (%) |" + extra + " collapsed / failed | wall (min, median) "
           "| train images/s | parameters |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- |" + (" --- | --- |" if tta else "") + " --- | --- | --- | --- |")
     for name, cells in groups.items():
         done = [m for m in cells if m.get("status") == "done"]
         val = [m["best_val_acc"] for m in cells if m.get("best_val_acc") is not None]
         test = [m["test_acc"] for m in done if m.get("test_acc") is not None]
+        if tta:   # a cell without tta: its plain accuracies are its only ones
+            test = pct(test) + " | " + pct([m.get("test_acc_plain", m.get("test_acc")) for m in done]) + " | " + pct(
+                [m.get("val_acc_tta", m.get("best_val_acc")) for m in done])
+        else:
+            test = pct(test)
         collapsed = sum(1 for m in cells if m.get("collapse"))
         failed = sum(1 for m in cells if m.get("status") == "failed")
         walls = [m["wall_seconds"] / 60 for m in cells if m.get("wall_seconds")]
         seeds = ", ".join(str(m["seed"]) for m in sorted(cells, key=lambda m: m["seed"] or 0))
         n_params = cells[0].get("n_params")
         speed = f"{statistics.median(m['images_per_second'] for m in cells):.0f}"
-        print(f"| {name} | {seeds} | {pct(val)} | {pct(test)} | {collapsed} / {failed} | "
+        print(f"| {name} | {seeds} | {pct(val)} | {test} | {collapsed} / {failed} | "
               f"{statistics.median(walls):.1f} | {speed} | {n_params:,} |" if walls and n_params else
-              f"| {name} | {seeds} | {pct(val)} | {pct(test)} | {collapsed} / {failed} | – | {speed} | – |")
+              f"| {name} | {seeds} | {pct(val)} | {test} | {collapsed} / {failed} | – | {speed} | – |")
 
 
 if __name__ == "__main__":

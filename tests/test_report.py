@@ -86,6 +86,16 @@ def test_report_leads_with_the_best_cell_and_the_reference_in_percent(grid_dir):
     assert [report.pct(v) for v in (0.98543, None, float("nan"))] == ["98.54%", "–", "–"]
 
 
+def test_tta_columns_only_when_a_cell_has_them(grid_dir):
+    assert not {"test_acc_plain", "val_acc_tta"} & set(report.collect(grid_dir).columns)
+    path = grid_dir / "scouter_seed1-bb" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "test_acc_plain": 0.885, "val_acc_tta": 0.93}))
+    table = report.collect(grid_dir)
+    assert table.set_index("cell").loc["scouter_seed1-bb", "test_acc_plain"] == 0.885
+    assert "plain 88.50%" in report.headline(table, ["head", "seed"])
+
+
 def test_report_draws_heatmaps_confusion_and_per_class_accuracy(grid_dir):
     assert report.best_per_head(report.collect(grid_dir)) == ["scouter_seed1-bb", "linear_seed0-cc"]
     per_class = report.per_class_table(json.loads((grid_dir / "scouter_seed0-aa" / "metrics.json").read_text()))

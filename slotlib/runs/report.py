@@ -23,8 +23,9 @@ ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-RESULT_COLUMNS = ["best_val_acc", "test_acc", "best_stage", "best_epoch", "n_params", "wall_seconds",
-                  "train_images_per_second", "area_size", "deletion_auc", "insertion_auc"]
+RESULT_COLUMNS = ["best_val_acc", "test_acc", "test_acc_plain", "val_acc_tta", "best_stage", "best_epoch", "n_params",
+                  "wall_seconds", "train_images_per_second", "area_size", "deletion_auc", "insertion_auc"]
+TTA_COLUMNS = ("test_acc_plain", "val_acc_tta")   # only cells with test-time augmentation have them
 
 
 def grid_axes(runs_dir: str | os.PathLike) -> list[str]:
@@ -58,7 +59,8 @@ def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
                      **{a: params.get(a) for a in axes or ["head"]},
                      **{k: m.get(k) for k in RESULT_COLUMNS}, "error": m.get("error")})
     columns = ["cell", "status", *(axes or ["head"]), *RESULT_COLUMNS, "error"]
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    return table.drop(columns=[c for c in TTA_COLUMNS if table[c].isna().all()])
 
 
 def ranked(table: pd.DataFrame) -> pd.DataFrame:
@@ -92,7 +94,7 @@ def failed(table: pd.DataFrame) -> pd.DataFrame:
 
 REFERENCE = {"test_acc": 0.9854, "n_params": 2_660_000,
              "what": "MobileViT-v2 0.75 + SCOUTER, 224 px, 55 + 45 GPU epochs (params/reference_best.yaml)"}
-PERCENT_COLUMNS = ("best_val_acc", "test_acc", "val_mean", "val_std", "test_mean", "test_std", "stage1_best_val_acc")
+PERCENT_COLUMNS = ("best_val_acc", "test_acc", "test_acc_plain", "val_acc_tta", "val_mean", "val_std", "test_mean", "test_std", "stage1_best_val_acc")
 
 
 def pct(value, digits: int = 2) -> str:
@@ -120,7 +122,9 @@ def headline(table: pd.DataFrame, axes: list[str]) -> str:
     top = best.iloc[0]
     keys = [a for a in axes if a != "seed"]
     line = (f"<b>Best cell: {html.escape(str(top['cell']))}</b> &mdash; validation {pct(top['best_val_acc'])}, "
-            f"<b>test {pct(top['test_acc'])}</b>, {plain(top['n_params'])} parameters")
+            f"<b>test {pct(top['test_acc'])}</b>"
+            + (f" (with test-time augmentation; plain {pct(top['test_acc_plain'])})"
+               if pd.notna(top.get("test_acc_plain")) else "") + f", {plain(top['n_params'])} parameters")
     summary = seed_summary(table, axes)
     if keys and len(summary):
         key = tuple(top[k] for k in keys) if len(keys) > 1 else top[keys[0]]

@@ -1,0 +1,54 @@
+"""A finished cell's best weights evaluated at several input sizes: validation and test accuracy,
+plain and with test-time augmentation, as a Markdown table. Choose ``eval_size`` on the validation
+columns; the test columns are for the record.
+
+    .venv/bin/python benchmarks/eval_sizes.py outputs/cpu_recipe/scouter_seed0 --sizes 64 72 80 88 --tta dihedral
+
+The cell is opened as trained (``slotlib.classify.explain.open_run``: its parameters, data and split);
+only the validation and test loaders are rebuilt at each size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from slotlib.classify.explain import open_run
+from slotlib.classify.steps import evaluate
+from slotlib.data.device import make_device_loaders
+from slotlib.data.transforms import make_loaders
+
+
+def loaders_at(exp, size: int) -> dict:
+    dc = exp.config.data
+    splits = {name: exp.splits[name] for name in ("train", "val", "test")}
+    common = dict(image_size=dc.image_size, batch_size=dc.batch_size, mean=exp.mean, std=exp.std, augment=False,
+                  eval_size=size)
+    if dc.pipeline == "fast":
+        return make_device_loaders(exp.data, splits, device=exp.device, **common)
+    return make_loaders(exp.data, splits, **common)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 72, 80, 88, 96])
+    parser.add_argument("--tta", default="dihedral", choices=["flip", "dihedral"])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    exp = open_run(args.run_dir, device=args.device)
+    trained = exp.config.data
+    print(f"{args.run_dir}: trained at {trained.image_size} px (eval_size {trained.eval_size}); its best weights")
+    print()
+    print(f"| eval size | val | test | val, {args.tta} | test, {args.tta} |")
+    print("| --- | --- | --- | --- | --- |")
+    for size in args.sizes:
+        start = time.perf_counter()
+        exp.loaders = loaders_at(exp, size)
+        row = [evaluate(exp, exp.model, split, tta=tta)["acc"] for tta in ("none", args.tta) for split in ("val", "test")]
+        print(f"| {size} px | " + " | ".join(f"{100 * a:.2f}%" for a in row) + " |"
+              + f" <!-- {time.perf_counter() - start:.0f} s -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()
