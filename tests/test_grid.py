@@ -135,3 +135,19 @@ def test_missing_weights_are_one_sentence_before_any_cell_starts(tmp_path, tiny_
     err = capsys.readouterr().err
     assert err.count("holds no weights for 'mobilenetv2_100'") == 1 and "pretrained: false" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cell_gets_absolute_data_and_weights_paths(tmp_path, monkeypatch):
+    """The kernel runs in notebooks/: EUROSAT_ROOT=../shared/data, relative to where `slotlib grid` ran,
+    would name another folder there and fail every cell."""
+    from slotlib.config import load_params_file
+    from slotlib.runs.grid import absolute_path_env, cell_parameters
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.yaml").write_text("base: {data_root: data, pretrained: false}\n")
+    cell = load_params_file(tmp_path / "g.yaml").cells()[0]
+    assert cell_parameters(cell)["data_root"] == str(tmp_path / "data")
+    env = absolute_path_env({"EUROSAT_ROOT": "../shared/data", "SLOTLIB_WEIGHTS": "w", "OTHER": "x", "PATH": "a:b"})
+    assert env == {"EUROSAT_ROOT": str(tmp_path.parent / "shared" / "data"), "SLOTLIB_WEIGHTS": str(tmp_path / "w"),
+                   "OTHER": "x", "PATH": "a:b"}
+    assert cell.id == load_params_file(tmp_path / "g.yaml").cells()[0].id   # data_root is not in the id

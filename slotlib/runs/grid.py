@@ -103,6 +103,26 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
+# Environment variables that name a path: a cell's kernel runs in notebooks/, so a relative one is made
+# absolute (from the grid's working directory) before it is handed on.
+PATH_ENV = ("EUROSAT_ROOT", "SLOTLIB_WEIGHTS")
+
+
+def absolute_path_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the paths of ``PATH_ENV`` absolute (``EUROSAT_ROOT=../shared/data`` would otherwise
+    be read from notebooks/ and fail every cell)."""
+    return {**env, **{k: os.path.abspath(env[k]) for k in PATH_ENV if env.get(k)}}
+
+
+def cell_parameters(cell: Cell) -> dict[str, Any]:
+    """The parameters a cell's notebook gets: its config, with ``data_root`` absolute (it is local-only,
+    not in the cell id, and the kernel's working directory is notebooks/)."""
+    params = cell.config.to_params()
+    if params.get("data_root"):
+        params["data_root"] = os.path.abspath(params["data_root"])
+    return params
+
+
 def start_cell(cell: Cell, out_root: Path, notebook: Path, device: str | None,
                env_extra: dict[str, str] | None = None, where: str = "") -> subprocess.Popen:
     """The cell's child process (papermill), its output appended to the cell's log.txt.
@@ -111,14 +131,14 @@ def start_cell(cell: Cell, out_root: Path, notebook: Path, device: str | None,
     in the log's start line (the Ray node)."""
     cell_dir = out_root / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **kernel_env(), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    env = absolute_path_env({**os.environ, **kernel_env(), "PYTHONUNBUFFERED": "1", **(env_extra or {})})
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     log = open(cell_dir / CELL_LOG, "ab")
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start (device {device or 'default'}{where})\n".encode())
     log.flush()
     cmd = [sys.executable, "-m", "slotlib.runs.grid", "_cell", str(notebook), str(cell_dir),
-           json.dumps(cell.config.to_params())]
+           json.dumps(cell_parameters(cell))]
     try:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 preexec_fn=_die_with_parent)
