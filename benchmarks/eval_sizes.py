@@ -13,20 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from slotlib.classify.experiment import split_loaders
 from slotlib.classify.explain import open_run
 from slotlib.classify.steps import evaluate
-from slotlib.data.device import make_device_loaders
-from slotlib.data.transforms import make_loaders
-
-
-def loaders_at(exp, size: int) -> dict:
-    dc = exp.config.data
-    splits = {name: exp.splits[name] for name in ("train", "val", "test")}
-    common = dict(image_size=dc.image_size, batch_size=dc.batch_size, mean=exp.mean, std=exp.std, augment=False,
-                  eval_size=size)
-    if dc.pipeline == "fast":
-        return make_device_loaders(exp.data, splits, device=exp.device, **common)
-    return make_loaders(exp.data, splits, **common)
 
 
 def main() -> None:
@@ -46,7 +35,7 @@ def main() -> None:
     print("| --- | --- | --- |" + (" --- | --- |" if len(ttas) > 1 else ""))
     for size in args.sizes:
         start = time.perf_counter()
-        exp.loaders = loaders_at(exp, size)
+        exp.loaders = split_loaders(exp.config, exp.data, exp.splits, exp.device, eval_size=size)
         row = [evaluate(exp, exp.model, split, tta=tta)["acc"] for tta in ttas for split in ("val", "test")]
         print(f"| {size} px | " + " | ".join(f"{100 * a:.2f}%" for a in row) + " |"
               + f" <!-- {time.perf_counter() - start:.0f} s -->", flush=True)

@@ -55,9 +55,9 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     """
     out_dir = Path(out_dir)
     check_run_folder(config, out_dir)
-    check_builds(config.model, config.data.image_size, eval_size=config.data.eval_size)   # a bad backbone fails in seconds
-    device = resolve_device(config.train.device)
     dc = config.data
+    check_builds(config.model, dc.image_size, eval_size=dc.eval_size)   # a bad backbone fails in seconds
+    device = resolve_device(config.train.device)
     ds = load_eurosat(dc.data_root, per_class_limit=dc.per_class_limit)
     try:
         splits = split_indices(ds, dc.split, split_seed=dc.split_seed, split_fractions=dc.split_fractions)
@@ -68,22 +68,27 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
         raise ConfigError(f"the '{empty[0]}' split is empty with these parameters; raise 'per_class_limit' "
                           f"or change 'split_fractions'")
     mean, std = normalization(config.model.backbone)
-    if dc.pipeline == "fast":
-        loaders = make_device_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
-                                      std=std, augment=dc.augment, seed=config.train.seed, device=device,
-                                      channels_last=channels_last(device), crop_scale=dc.crop_scale,
-                                      dihedral=dc.dihedral, eval_size=dc.eval_px)
-    else:
-        loaders = make_loaders(ds, splits, image_size=dc.image_size, batch_size=dc.batch_size, mean=mean,
-                                       std=std, augment=dc.augment, num_workers=dc.num_workers,
-                                       seed=config.train.seed, crop_scale=dc.crop_scale, dihedral=dc.dihedral,
-                                       eval_size=dc.eval_px)
+    loaders = split_loaders(config, ds, splits, device)
     seed_everything(config.train.seed)
     model = tune_for_device(SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained,
                                            image_size=dc.image_size), device)
     split_fp = json.dumps({k: v.tolist() for k, v in splits.items()})
     return Experiment(config, out_dir, ds, splits, loaders, model, device, mean, std,
                       hashlib.sha256(split_fp.encode()).hexdigest()[:16], progress)
+
+
+def split_loaders(config: Config, ds, splits: dict[str, np.ndarray], device: torch.device,
+                  eval_size: int | None = None) -> dict[str, Any]:
+    """One loader per split for the run's pipeline; evaluation splits at ``eval_size`` (default: the
+    config's ``eval_px``; benchmarks/eval_sizes.py asks for others)."""
+    dc = config.data
+    mean, std = normalization(config.model.backbone)
+    common = dict(image_size=dc.image_size, batch_size=dc.batch_size, mean=mean, std=std, augment=dc.augment,
+                  seed=config.train.seed, crop_scale=dc.crop_scale, dihedral=dc.dihedral,
+                  eval_size=dc.eval_px if eval_size is None else eval_size)
+    if dc.pipeline == "fast":
+        return make_device_loaders(ds, splits, device=device, channels_last=channels_last(device), **common)
+    return make_loaders(ds, splits, num_workers=dc.num_workers, **common)
 
 
 def channels_last(device: torch.device) -> bool:
