@@ -125,7 +125,9 @@ class SlotAttention(nn.Module):
         init = slots                                                    # [B,S,D]
         for i in range(iters):
             if self.bilevel and i == iters - 1:
-                slots = slots.detach() + init - init.detach()          # [B,S,D] same values, gradient to init only
+                # [B,S,D] the same values exactly (init - init.detach() is exactly 0; slots.detach() + init -
+                # init.detach() was not: a + b - b rounds), the gradient to init only
+                slots = (init - init.detach()) + slots.detach()
             slots_prev = slots                                          # [B,S,D]
             q = self.to_q(self.norm_slots(slots))                       # [B,S,D]
             dots = torch.einsum("bsd,bnd->bsn", q, k) * self.scale      # [B,S,N]
