@@ -35,7 +35,8 @@ def main() -> None:
     print("| --- | --- | --- |" + (" --- | --- |" if len(ttas) > 1 else ""))
     for size in args.sizes:
         start = time.perf_counter()
-        exp.loaders = split_loaders(exp.config, exp.data, exp.splits, exp.device, eval_size=size)
+        exp.loaders = split_loaders(exp.config, exp.data, exp.splits, exp.device, exp.mean, exp.std,
+                                    eval_size=size)
         row = [evaluate(exp, exp.model, split, tta=tta)["acc"] for tta in ttas for split in ("val", "test")]
         print(f"| {size} px | " + " | ".join(f"{100 * a:.2f}%" for a in row) + " |"
               + f" <!-- {time.perf_counter() - start:.0f} s -->", flush=True)

@@ -1,6 +1,7 @@
 """A Markdown table of a grid folder's cells, seeds pooled: mean and sd of best validation and
-test accuracy (with ``tta``: also the plain test and the validation with the views), collapsed or failed cells, wall time, training images/s (median over epochs and
-cells, from history.csv) and parameters. Cells still running are left out.
+test accuracy (with ``tta``: also the plain test and the validation with the views), collapsed or
+failed cells, wall time, training images/s (median over epochs and cells, from history.csv) and
+parameters. Cells still running are left out.
 
     .venv/bin/python benchmarks/seed_table.py outputs/head_check
 

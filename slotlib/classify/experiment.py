@@ -68,7 +68,7 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
         raise ConfigError(f"the '{empty[0]}' split is empty with these parameters; raise 'per_class_limit' "
                           f"or change 'split_fractions'")
     mean, std = normalization(config.model.backbone)
-    loaders = split_loaders(config, ds, splits, device)
+    loaders = split_loaders(config, ds, splits, device, mean, std)
     seed_everything(config.train.seed)
     model = tune_for_device(SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained,
                                            image_size=dc.image_size), device)
@@ -77,12 +77,11 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
                       hashlib.sha256(split_fp.encode()).hexdigest()[:16], progress)
 
 
-def split_loaders(config: Config, ds, splits: dict[str, np.ndarray], device: torch.device,
-                  eval_size: int | None = None) -> dict[str, Any]:
-    """One loader per split for the run's pipeline; evaluation splits at ``eval_size`` (default: the
-    config's ``eval_px``; benchmarks/eval_sizes.py asks for others)."""
+def split_loaders(config: Config, ds, splits: dict[str, np.ndarray], device: torch.device, mean: tuple[float, ...],
+                  std: tuple[float, ...], eval_size: int | None = None) -> dict[str, Any]:
+    """One loader per split for the run's pipeline, normalised by the backbone's ``mean``/``std``; evaluation
+    splits at ``eval_size`` (default: the config's ``eval_px``; benchmarks/eval_sizes.py asks for others)."""
     dc = config.data
-    mean, std = normalization(config.model.backbone)
     common = dict(image_size=dc.image_size, batch_size=dc.batch_size, mean=mean, std=std, augment=dc.augment,
                   seed=config.train.seed, crop_scale=dc.crop_scale, dihedral=dc.dihedral,
                   eval_size=dc.eval_px if eval_size is None else eval_size)

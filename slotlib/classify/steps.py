@@ -97,20 +97,22 @@ class EpochResult:
 SYNC_EVERY = 25
 
 
-def to_device(exp: Experiment, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch on the run's device (a no-op for the fast pipeline), channels_last where the model is."""
-    fmt = torch.channels_last if channels_last(exp.device) else torch.preserve_format
-    return (images.to(exp.device, non_blocking=True, memory_format=fmt),
-            target.to(exp.device, non_blocking=True))
+def forward(exp: Experiment, model: Callable, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images on the run's device (a no-op for the fast pipeline), channels_last where the model is, through
+    the model under the run's autocast: (logits, attn)."""
+    device = exp.device
+    fmt = torch.channels_last if channels_last(device) else torch.preserve_format
+    images = images.to(device, non_blocking=True, memory_format=fmt)
+    dtype = autocast_dtype(exp.config.train.precision, device)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return model(images)                                            # [B,K], [B,S,N]
 
 
 def forward_loss(exp: Experiment, model: Callable, images: torch.Tensor, target: torch.Tensor):
     """Batch to the device, forward under the run's autocast, the training objective: (target, logits, loss, attn)."""
-    cfg, device = exp.config, exp.device
-    images, target = to_device(exp, images, target)
-    dtype = autocast_dtype(cfg.train.precision, device)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        logits, attn = model(images)                                    # [B,K], [B,S,N]
+    cfg = exp.config
+    target = target.to(exp.device, non_blocking=True)
+    logits, attn = forward(exp, model, images)                          # [B,K], [B,S,N]
     loss, _ = slot_classification_loss(logits, target, attn, head=cfg.model.head, lambda_area=cfg.train.lambda_area,
                                        area_power=cfg.model.area_power, label_smoothing=cfg.train.label_smoothing)
     return target, logits, loss, attn
@@ -245,8 +247,8 @@ def evaluate(exp: Experiment, model: Callable, split: str, tta: str = "none") ->
         if tta != "none":
             views = test_time_views(images, tta)
             probs = logits.float().softmax(1)
-            for view in views[1:]:
-                probs += forward_loss(exp, model, view, target)[1].float().softmax(1)
+            for view in views[1:]:   # the first view is the batch itself, whose logits are above
+                probs += forward(exp, model, view)[0].float().softmax(1)
             logits = probs / len(views)
         confusion += torch.bincount(target * k + logits.argmax(1), minlength=k * k).view(k, k)
     exp.model.train(was_training)

@@ -2,8 +2,10 @@
 
 ``output_stride: 16`` (the default at 64 px for stride-32 backbones, so that a tile gives 4 x 4 tokens)
 dilates the last stage's depthwise 3 x 3 convolutions. On CPU, oneDNN's backward of a dilated depthwise
-convolution is slow: 32 ms a call for mobilenetv2_100's 960-channel layers at 64 px, batch 32, on this
-project's 2-core machine, against under 2 ms forward; three such calls were about 31% of a training step.
+convolution is slow: forward + backward took 22 ms a call for mobilenetv2_100's 960-channel layers at
+64 px (a 4 x 4 map), batch 32, on this project's 2-core machine, the forward alone 0.6 ms. With this
+class a training step of mobilenetv2_100 + SCOUTER there is about 1.25x faster
+(benchmarks/dilated_conv_speed.py, docs/results.md).
 
 :class:`DilatedDepthwiseConv2d` is an ``nn.Conv2d`` with the same parameters and state_dict, whose
 backward on CPU computes

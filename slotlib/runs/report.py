@@ -94,7 +94,8 @@ def failed(table: pd.DataFrame) -> pd.DataFrame:
 
 REFERENCE = {"test_acc": 0.9854, "n_params": 2_660_000,
              "what": "MobileViT-v2 0.75 + SCOUTER, 224 px, 55 + 45 GPU epochs (params/reference_best.yaml)"}
-PERCENT_COLUMNS = ("best_val_acc", "test_acc", "test_acc_plain", "val_acc_tta", "val_mean", "val_std", "test_mean", "test_std", "stage1_best_val_acc")
+PERCENT_COLUMNS = ("best_val_acc", "test_acc", "test_acc_plain", "val_acc_tta", "val_mean", "val_std", "test_mean",
+                   "test_std", "stage1_best_val_acc")
 
 
 def pct(value, digits: int = 2) -> str:
