@@ -251,8 +251,7 @@ def test_tta_and_eval_size_change_only_the_final_evaluation(run, tmp_path, monke
 
     monkeypatch.setattr(training, "evaluate", spy)
     metrics = run(tta="dihedral", eval_size=80)
-    assert seen == [("val", "none", 80), ("val", "none", 80), ("test", "dihedral", 80), ("test", "none", 80),
-                    ("val", "dihedral", 80)]
+    assert seen == [("val", "none", 80), ("val", "none", 80), ("test", "dihedral", 80), ("val", "dihedral", 80)]
     assert all(0 <= metrics[k] <= 1 for k in ("test_acc", "test_acc_plain", "val_acc_tta"))
     plain = run(name="plain")
     assert plain["status"] == "done" and "test_acc_plain" not in plain and "val_acc_tta" not in plain
@@ -272,13 +271,16 @@ def test_tta_averages_the_probabilities_of_the_views(run, tmp_path, tiny_root):
     exp.model.load_state_dict(torch.load(tmp_path / "cell" / "best.pt", weights_only=True))
     exp.model.eval()
     got = steps.evaluate(exp, exp.model, "test", tta="flip")
-    right = total = 0
+    right = plain_right = total = 0
     with torch.no_grad():
         for x, y in exp.loaders["test"]:
             probs = sum(exp.model(v)[0].softmax(1) for v in test_time_views(x, "flip"))
             right += int((probs.argmax(1) == y).sum())
+            plain_right += int((exp.model(x)[0].argmax(1) == y).sum())
             total += len(y)
     assert got["acc"] == pytest.approx(right / total)
+    assert got["acc_plain"] == pytest.approx(plain_right / total)
+    assert got["acc_plain"] == steps.evaluate(exp, exp.model, "test")["acc"]
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):

@@ -114,8 +114,7 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
         tta = cfg.train.tta
         test = evaluate(exp, step_model, "test", tta=tta)
         with_tta = {} if tta == "none" else {   # what the views add, on the same weights
-            "test_acc_plain": evaluate(exp, step_model, "test")["acc"],
-            "val_acc_tta": evaluate(exp, step_model, "val", tta=tta)["acc"]}
+            "test_acc_plain": test["acc_plain"], "val_acc_tta": evaluate(exp, step_model, "val", tta=tta)["acc"]}
         per_class = {name: (row[i] / sum(row) if sum(row) else None)
                      for i, (name, row) in enumerate(zip(exp.class_names, test["confusion"]))}
         explanation = {}

@@ -234,17 +234,20 @@ def evaluate(exp: Experiment, model: Callable, split: str, tta: str = "none") ->
     """Loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
 
     ``tta`` other than 'none': the prediction is the argmax of the class probabilities averaged over the
-    views of :func:`~slotlib.data.transforms.test_time_views`; the loss stays the plain view's objective."""
+    views of :func:`~slotlib.data.transforms.test_time_views`; the loss stays the plain view's objective,
+    and ``acc_plain`` is the plain view's accuracy from the same pass (what the views add)."""
     device = exp.device
     was_training = exp.model.training
     exp.model.eval()
     k = len(exp.class_names)
     confusion = torch.zeros(k, k, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
+    plain_right = torch.zeros((), dtype=torch.long, device=device)
     for images, target in exp.loaders[split]:
         target, logits, loss, _ = forward_loss(exp, model, images, target)
         loss_sum += loss * target.shape[0]
         if tta != "none":
+            plain_right += (logits.argmax(1) == target).sum()
             views = test_time_views(images, tta)
             probs = logits.float().softmax(1)
             for view in views[1:]:   # the first view is the batch itself, whose logits are above
@@ -254,4 +257,5 @@ def evaluate(exp: Experiment, model: Callable, split: str, tta: str = "none") ->
     exp.model.train(was_training)
     confusion = confusion.cpu()
     n = int(confusion.sum())
-    return {"loss": loss_sum.item() / n, "acc": float(confusion.diag().sum()) / n, "confusion": confusion.tolist()}
+    result = {"loss": loss_sum.item() / n, "acc": float(confusion.diag().sum()) / n, "confusion": confusion.tolist()}
+    return result if tta == "none" else {**result, "acc_plain": plain_right.item() / n}
