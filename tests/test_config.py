@@ -196,14 +196,33 @@ def test_a_parameter_added_later_keeps_old_ids_at_its_neutral_value():
     computed before, they are not hashed, so those grids' cell folders keep their ids."""
     from slotlib.config import HASH_NEUTRAL
 
-    base = Config.from_params({"scouter_logit_scale": 1.0})
+    base = Config.from_params({"scouter_logit_scale": 1.0, "stage2_batchnorm": "train"})
     assert {k: base.to_params()[k] for k in HASH_NEUTRAL} == HASH_NEUTRAL   # the defaults are neutral, but for
-    assert Config.from_params({}).model.scouter_logit_scale == 16.0            # the SCOUTER scale, changed on purpose
+    assert Config.from_params({}).model.scouter_logit_scale == 16.0            # the SCOUTER scale and the
+    assert Config.from_params({}).train.stage2_batchnorm == "auto"             # BatchNorm, changed on purpose
     params = {k: v for k, v in base.to_params().items() if k not in ("data_root", "num_workers", *HASH_NEUTRAL)}
     import hashlib
     assert base.digest() == hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     assert Config.from_params({"dihedral": True}).digest() != base.digest()
     assert Config.from_params({"crop_scale": 0.35}).digest() != base.digest()
+
+
+def test_stage2_batchnorm_auto_freezes_pretrained_statistics_only():
+    """'auto' keeps the running statistics of pretrained weights (hub or file) and trains those of a
+    backbone from scratch, which were never estimated; it is hashed as what it resolves to, so a cell
+    from scratch keeps the id it had when 'train' was the default, and a pretrained cell at 'auto' is
+    the cell that set 'frozen'."""
+    resolved = {(pt, pf): Config.from_params({"pretrained": pt, "pretrained_file": pf}).stage2_batchnorm
+                for pt, pf in [(True, None), (False, "w.safetensors"), (False, None)]}
+    assert resolved == {(True, None): "frozen", (False, "w.safetensors"): "frozen", (False, None): "train"}
+    for pretrained, same in [(True, "frozen"), (False, "train")]:
+        auto = Config.from_params({"pretrained": pretrained})
+        assert auto.digest() == Config.from_params({"pretrained": pretrained, "stage2_batchnorm": same}).digest()
+        other = "train" if same == "frozen" else "frozen"
+        assert auto.digest() != Config.from_params({"pretrained": pretrained, "stage2_batchnorm": other}).digest()
+    assert Config.from_params({"pretrained": True, "stage2_batchnorm": "train"}).stage2_batchnorm == "train"
+    with pytest.raises(ConfigError, match="stage2_batchnorm.*one of auto, train, frozen"):
+        Config.from_params({"stage2_batchnorm": "eval"})
 
 
 def test_a_parameter_of_one_head_does_not_rename_the_other_heads_cells():

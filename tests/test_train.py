@@ -289,6 +289,22 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind
 
 
+@pytest.mark.parametrize("batchnorm,expected", [("auto", "train"), ("frozen", "frozen")])
+def test_fit_sets_the_resolved_stage2_batchnorm(run, monkeypatch, batchnorm, expected):
+    """fit hands train_mode the resolved choice: 'auto' on a backbone from scratch (the tiny runs) is
+    'train'; train_mode refuses 'auto' itself, so a caller that forgets to resolve it fails loudly."""
+    from slotlib.classify import fit as fit_module
+    from slotlib.classify.steps import train_mode
+
+    seen = []
+    monkeypatch.setattr(fit_module, "train_mode", lambda model, freeze, bn: seen.append((freeze, bn)) or
+                        train_mode(model, freeze, bn))
+    run(stage2_batchnorm=batchnorm)
+    assert seen == [(True, expected), (False, expected)]
+    with pytest.raises(ValueError, match="'train' or 'frozen'"):
+        train_mode(torch.nn.Module(), False, "auto")
+
+
 @pytest.mark.parametrize("batchnorm", ["train", "frozen"])
 def test_stage2_batchnorm_frozen_keeps_the_running_statistics(batchnorm):
     """stage2_batchnorm: 'frozen' fine-tunes the weights but normalises with (and keeps) the running

@@ -173,7 +173,7 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
     plan = StagePlan(stage, 1, config.train.stage1_lr if stage == 1 else config.train.stage2_lr, stage == 1)
     params = set_stage(model, plan.freeze_backbone)
     optimizer, _ = make_optimizer(params, plan, config)
-    train_mode(model, plan.freeze_backbone, config.train.stage2_batchnorm)
+    train_mode(model, plan.freeze_backbone, config.stage2_batchnorm)
     step_model = torch.compile(model) if compile else model
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

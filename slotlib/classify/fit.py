@@ -156,7 +156,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         seed = epoch_seed(cfg.train.seed, plan.index, epoch)
         seed_everything(seed)
         exp.loaders["train"].generator.manual_seed(seed)
-        train_mode(exp.model, plan.freeze_backbone, cfg.train.stage2_batchnorm)
+        train_mode(exp.model, plan.freeze_backbone, cfg.stage2_batchnorm)
         lr = optimizer.param_groups[0]["lr"]
         result = train_one_epoch(exp, step_model, optimizer, plan, epoch, scaler)
         val = evaluate(exp, step_model, "val")

@@ -57,7 +57,11 @@ def set_stage(model: SlotClassifier, freeze_backbone: bool) -> list[nn.Parameter
 
 def train_mode(model: SlotClassifier, freeze_backbone: bool, batchnorm: str = "train") -> None:
     """Training mode for a stage; the frozen backbone (stage 1) stays in inference mode, and with
-    ``batchnorm='frozen'`` so do the backbone's BatchNorm layers when it is fine-tuned (stage 2)."""
+    ``batchnorm='frozen'`` so do the backbone's BatchNorm layers when it is fine-tuned (stage 2).
+    ``batchnorm`` is the resolved choice (``Config.stage2_batchnorm``), never 'auto'."""
+    if batchnorm not in ("train", "frozen"):
+        raise ValueError(f"batchnorm must be 'train' or 'frozen' (Config.stage2_batchnorm resolves 'auto'), "
+                         f"got {batchnorm!r}")
     model.train()
     if freeze_backbone:
         model.backbone.eval()  # frozen: BatchNorm running statistics and dropout stay as in inference

@@ -31,7 +31,7 @@ SLOT_SCORES = ("per_class", "shared")
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-STAGE2_BATCHNORMS = ("train", "frozen")
+STAGE2_BATCHNORMS = ("auto", "train", "frozen")
 
 
 PIPELINES = ("fast", "loader")
@@ -154,10 +154,12 @@ class TrainConfig:
     stage1_lr: float = param(4e-4, "AdamW learning rate of stage 1")
     stage2_epochs: int = param(45, "epochs fine-tuning everything")
     stage2_lr: float = param(1e-4, "AdamW learning rate of stage 2")
-    stage2_batchnorm: str = param("train", "the backbone's BatchNorm in stage 2: 'train' (batch statistics, running "
-                                           "averages updated, as the reference) or 'frozen' (ImageNet running "
-                                           "statistics, kept as in inference: the features do not jump when "
-                                           "fine-tuning starts on small batches)")
+    stage2_batchnorm: str = param("auto", "the backbone's BatchNorm in stage 2: 'train' (batch statistics, running "
+                                          "averages updated, as the reference), 'frozen' (the pretrained running "
+                                          "statistics, kept as in inference: the features do not jump when "
+                                          "fine-tuning starts on small batches) or 'auto' (frozen when the backbone "
+                                          "starts from pretrained weights, train when from scratch, whose running "
+                                          "statistics were never estimated: README, 'Slot heads')")
     weight_decay: float = param(0.01, "AdamW weight decay")
     grad_clip: float | None = param(1.0, "clip the gradient norm to this; null turns clipping off")
     label_smoothing: float = param(0.0, "label smoothing of the cross-entropy")
@@ -258,6 +260,14 @@ class Config:
         except ConfigError as err:
             raise ConfigError(f"{err}{where_suffix(where)}" if where else str(err)) from None
 
+    @property
+    def stage2_batchnorm(self) -> str:
+        """'train' or 'frozen': the train section's stage2_batchnorm with 'auto' resolved for the backbone."""
+        choice = self.train.stage2_batchnorm
+        if choice != "auto":
+            return choice
+        return "frozen" if (self.model.pretrained or self.model.pretrained_file) else "train"
+
     def to_params(self) -> dict[str, Any]:
         """Flat name -> value, YAML/JSON friendly (tuples become lists)."""
         out: dict[str, Any] = {}
@@ -269,7 +279,8 @@ class Config:
     def digest(self) -> str:
         """Short hash of every parameter that changes what is computed."""
         head = self.model.head
-        params = {k: v for k, v in self.to_params().items()
+        # 'auto' is hashed as what it resolves to: the cells it computes as 'train' or 'frozen' did keep their ids
+        params = {k: v for k, v in {**self.to_params(), "stage2_batchnorm": self.stage2_batchnorm}.items()
                   if k not in LOCAL_ONLY and not (k in HASH_NEUTRAL and v == HASH_NEUTRAL[k])
                   and ONE_HEAD_ONLY.get(k, head) == head}
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]

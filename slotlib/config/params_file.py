@@ -34,7 +34,7 @@ ALIASES = {"head": "", "lambda_area": "lam", "slot_iters": "it", "dropout": "do"
            "hidden_dim": "hd", "image_size": "px", "output_stride": "os", "backbone": "bb", "drop_path": "dp",
            "stage1_lr": "lr1", "stage2_lr": "lr2", "stage1_epochs": "ep1", "stage2_epochs": "ep2",
            "per_class_limit": "pcl", "crop_scale": "crop", "dihedral": "d4", "label_smoothing": "ls", "weight_decay": "wd", "batch_size": "bs",
-           "eval_size": "evalpx", "tta": "tta",
+           "eval_size": "evalpx", "tta": "tta", "stage2_batchnorm": "bn",
            "background": "bg", "num_slots": "slots"}
 
 
