@@ -134,6 +134,7 @@ def lab(tmp_path, tiny_run):
 
 
 def test_attention_explorer_runs_in_jupyterlab_and_follows_the_class_selection(browser, lab):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -146,8 +147,13 @@ def test_attention_explorer_runs_in_jupyterlab_and_follows_the_class_selection(b
     browser.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
     def explorer_image(d):
+        """The explorer's last image, or None while there is none, or while the widget redraws it
+        (the element found can be replaced before its src is read: a stale element)."""
         images = d.find_elements(By.CSS_SELECTOR, ".jp-OutputArea .widget-output img, .jp-OutputArea .jupyter-widgets-output-area img")
-        return images[-1].get_attribute("src") if images else None
+        try:
+            return images[-1].get_attribute("src") if images else None
+        except StaleElementReferenceException:
+            return None
 
     first = wait.until(explorer_image)
     errors = browser.find_elements(By.CSS_SELECTOR, "[data-mime-type='application/vnd.jupyter.stderr'] pre")
@@ -155,6 +161,6 @@ def test_attention_explorer_runs_in_jupyterlab_and_follows_the_class_selection(b
     chooser = Select(browser.find_elements(By.CSS_SELECTOR, ".jupyter-widgets select")[0])
     assert chooser.first_selected_option.text == "all classes"
     chooser.select_by_index(3)                   # a single class
-    wait.until(lambda d: explorer_image(d) not in (None, first))
-    assert explorer_image(browser).startswith("data:image/png")
+    second = wait.until(lambda d: (lambda src: src if src not in (None, first) else None)(explorer_image(d)))
+    assert second.startswith("data:image/png")
     json.dumps(severe_console_messages(browser))  # read (and so cleared); lab's own console noise is not ours to judge
