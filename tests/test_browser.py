@@ -161,6 +161,9 @@ def test_attention_explorer_runs_in_jupyterlab_and_follows_the_class_selection(b
     chooser = Select(browser.find_elements(By.CSS_SELECTOR, ".jupyter-widgets select")[0])
     assert chooser.first_selected_option.text == "all classes"
     chooser.select_by_index(3)                   # a single class
-    second = wait.until(lambda d: (lambda src: src if src not in (None, first) else None)(explorer_image(d)))
-    assert second.startswith("data:image/png")
+    def another_image(d):
+        src = explorer_image(d)
+        return src if src not in (None, first) else None
+
+    assert wait.until(another_image).startswith("data:image/png")
     json.dumps(severe_console_messages(browser))  # read (and so cleared); lab's own console noise is not ours to judge

@@ -43,7 +43,7 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
     if output_stride is not None:
         kwargs["output_stride"] = output_stride
     if pretrained is None:
-        pretrained = cfg.pretrained or cfg.pretrained_file is not None
+        pretrained = cfg.starts_pretrained
     use_weights = pretrained
     source = "the timm hub"
     if use_weights and cfg.pretrained_file is not None:
@@ -108,7 +108,7 @@ def check_weights(cfg: ModelConfig) -> None:
     """Raise the one-sentence ConfigError of :func:`create_backbone` now if a pretrained backbone's
     weights cannot be had (a local file or folder missing; the hub unreachable with nothing cached).
     Loads them once per backbone and source (from the hub this fills timm's cache for the cells)."""
-    if not (cfg.pretrained or cfg.pretrained_file is not None):
+    if not cfg.starts_pretrained:
         return
     key = (cfg.backbone, cfg.pretrained_file, os.environ.get(WEIGHTS_ENV))
     if key in _WEIGHTS_FOUND:

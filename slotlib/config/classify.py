@@ -142,9 +142,14 @@ class ModelConfig:
         require(self.output_stride is None or self.feature_stride is None, "output_stride", self.output_stride,
                  "null when feature_stride is set (pick a shallower level or a dilated deepest one, not both)")
         require(bool(self.backbone.strip()), "backbone", self.backbone, "a timm model name")
-        require(not (self.backbone.startswith(SLOTVIT_PREFIX) and (self.pretrained or self.pretrained_file)),
+        require(not (self.backbone.startswith(SLOTVIT_PREFIX) and self.starts_pretrained),
                 "pretrained", self.pretrained, f"false for '{self.backbone}' (the {SLOTVIT_PREFIX}* backbones have "
                 "no pretrained weights: they train from scratch)")
+
+    @property
+    def starts_pretrained(self) -> bool:
+        """Whether the backbone starts from pretrained weights (the hub's, or pretrained_file's)."""
+        return self.pretrained or self.pretrained_file is not None
 
 
 @dataclass(frozen=True)
@@ -266,7 +271,7 @@ class Config:
         choice = self.train.stage2_batchnorm
         if choice != "auto":
             return choice
-        return "frozen" if (self.model.pretrained or self.model.pretrained_file) else "train"
+        return "frozen" if self.model.starts_pretrained else "train"
 
     def to_params(self) -> dict[str, Any]:
         """Flat name -> value, YAML/JSON friendly (tuples become lists)."""
