@@ -16,6 +16,7 @@ import torch
 import slotlib.classify.backbone as backbone
 from slotlib.classify.model import SlotClassifier
 from slotlib.config import Config
+from slotlib.heads import DEFAULT_HEAD, HEADS
 
 
 def images_per_second(fast: bool, args) -> list[float]:
@@ -26,7 +27,8 @@ def images_per_second(fast: bool, args) -> list[float]:
         cfg = Config.from_params({"backbone": args.backbone, "pretrained": False, "image_size": args.image_size,
                                   "head": args.head, "output_stride": args.output_stride})
         torch.manual_seed(0)
-        model = SlotClassifier(cfg.model, 10, pretrained=False, image_size=args.image_size).train()
+        model = SlotClassifier(cfg.model, 10, pretrained=False, image_size=args.image_size,
+                               head_params=cfg.head_params).train()
     finally:
         backbone.speed_up_dilated_depthwise = original
     model = model.to(memory_format=torch.channels_last)
@@ -55,7 +57,7 @@ def images_per_second(fast: bool, args) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="mobilenetv2_100")
-    parser.add_argument("--head", default="scouter")
+    parser.add_argument("--head", default=DEFAULT_HEAD, choices=HEADS)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--output-stride", type=int, default=None)
     parser.add_argument("--batch", type=int, default=32)

@@ -15,7 +15,6 @@ import time
 
 from slotlib.classify.experiment import split_loaders
 from slotlib.classify.explain import open_run
-from slotlib.classify.steps import evaluate
 
 
 def main() -> None:
@@ -37,7 +36,7 @@ def main() -> None:
         start = time.perf_counter()
         exp.loaders = split_loaders(exp.config, exp.data, exp.splits, exp.device, exp.mean, exp.std,
                                     eval_size=size)
-        row = [evaluate(exp, exp.model, split, tta=tta)["acc"] for tta in ttas for split in ("val", "test")]
+        row = [exp.evaluate(split, tta=tta)["acc"] for tta in ttas for split in ("val", "test")]
         print(f"| {size} px | " + " | ".join(f"{100 * a:.2f}%" for a in row) + " |"
               + f" <!-- {time.perf_counter() - start:.0f} s -->", flush=True)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from slotlib.config import Config, parse_set
 from slotlib.data.eurosat import load_eurosat
 from slotlib.data.transforms import normalization
-from slotlib.classify.losses import slot_classification_loss
+from slotlib.classify.losses import classification_loss
 from slotlib.classify.model import SlotClassifier
 
 
@@ -58,7 +58,7 @@ def train_head(overrides: dict, feats, labels, train, val, args) -> list[float]:
     cfg = Config.from_params({"backbone": args.backbone, "pretrained": False, "feature_stride": args.feature_stride,
                               **overrides})
     torch.manual_seed(cfg.train.seed)
-    model = SlotClassifier(cfg.model, 10, pretrained=False)
+    model = SlotClassifier(cfg.model, 10, pretrained=False, head_params=cfg.head_params)
     params = model.head_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
@@ -70,8 +70,7 @@ def train_head(overrides: dict, feats, labels, train, val, args) -> list[float]:
         for i in range(0, len(order), args.batch_size):
             idx = order[i:i + args.batch_size]
             logits, attn = model.from_features(feats[idx])
-            loss, _ = slot_classification_loss(logits, labels[idx], attn, head=cfg.model.head,
-                                               lambda_area=cfg.train.lambda_area, area_power=cfg.model.area_power)
+            loss, _ = classification_loss(logits, labels[idx], attn, model.head)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)

@@ -21,6 +21,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_learnable_eurosat  # noqa: E402
 
+from slotlib.heads import HEADS  # noqa: E402
+
 
 def main() -> None:
     import ray
@@ -36,7 +38,7 @@ def main() -> None:
         params = {"base": {"data_root": str(tmp / "data"), "image_size": 64, "batch_size": 16, "pretrained": False,
                            "hidden_dim": 32, "slot_iters": 2, "stage1_epochs": 1, "stage2_epochs": 1,
                            "per_class_limit": 6, "device": "cpu", "explain_tiles": 0},
-                  "grid": {"head": ["scouter", "slot", "linear"]}}
+                  "grid": {"head": list(HEADS)}}
         path = tmp / "grid.yaml"
         path.write_text(yaml.safe_dump(params))
         run_grid(path, tmp / "warm", jobs=1, echo=lambda m: None)   # tile cache and imports warm for both

@@ -6,7 +6,7 @@ run-folder code, and import nothing of each other.
 
     config/            params file -> validated, frozen config; cell ids
       fields.py          ConfigError; one parameter's default, help, checking and coercion
-      classify.py        Config = DataConfig + ModelConfig + TrainConfig (train.ipynb)
+      classify.py        Config = DataConfig + ModelConfig + TrainConfig + the heads' own (train.ipynb)
       discover.py        DiscoveryConfig (object_discovery.ipynb)
       params_file.py     base / grid / seeds / notebook -> cells with ids; --set; notebook namespace
     data/              tiles in, batches out
@@ -17,12 +17,16 @@ run-folder code, and import nothing of each other.
       device.py          tiles on the device, augmented a batch at a time (pipeline: fast)
       scenes.py          synthetic multi-object scenes (object discovery)
     layers/            building blocks both applications share
-      slot_attention.py  ScouterSlotAttention (SCOUTER), SlotAttention (Locatello), GaussianSlots
+      slot_attention.py  SlotAttention (Locatello), GaussianSlots
+    heads/             classification heads, one file each, registered by name (`head:`)
+      registry.py        Head, register_head: what a head's file defines
+      scouter.py         SCOUTER: sigmoid slot attention, area loss (`head: scouter`)
+      slot.py            Locatello slot attention as a classifier (`head: slot`)
+      linear.py          the linear baseline and its class activation map (`head: linear`)
     classify/          application 1: EuroSAT classification (train.ipynb, attention.ipynb)
       backbone.py        timm backbones (features_only), offline weights, output stride
-      heads.py           SCOUTER, slot-attention and linear heads
       model.py           SlotClassifier = backbone -> projection -> position encoding -> head
-      losses.py          cross-entropy + lambda * area; a collapsed head
+      losses.py          cross-entropy + the head's own terms; a collapsed head
       experiment.py      one run's data, loaders, model, device (prepare)
       steps.py           one step, one epoch, one evaluation
       fit.py             two stages, best checkpoint, resume, test once (train)

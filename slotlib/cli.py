@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Sequence
 
-from .config import Config, ConfigError, load_params_file, parse_params, parse_set
+from .config import HEADS, Config, ConfigError, load_params_file, parse_params, parse_set
 
 EXIT_BAD_INPUT = 2
 
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "DataLoader path of 'pipeline: loader', 'compiled' the fast one under torch.compile)")
     p.add_argument("--image-size", type=int, help="input size in pixels")
     p.add_argument("--batch-size", type=int, nargs="+", help="images per step (several: each is timed)")
-    p.add_argument("--head", choices=("scouter", "slot", "linear"), nargs="+",
+    p.add_argument("--head", choices=HEADS, nargs="+",
                    help="classification head (several: each is timed)")
     p.add_argument("--device", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--per-class-limit", type=int, help="load only the first N tiles per class (quicker start)")

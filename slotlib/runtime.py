@@ -83,3 +83,9 @@ def git_sha() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def channels_last(device: torch.device) -> bool:
+    """Whether images and weights go channels_last: on CUDA, and on the CPU, where oneDNN's convolutions
+    are faster in that layout (mobilenetv2_100, 64 px, batch 32, 2 cores: 147 -> 165 training images/s)."""
+    return device.type in ("cuda", "cpu")

@@ -155,7 +155,7 @@ def test_a_list_of_grids_is_their_cells_one_after_the_other(tmp_path):
     cells = load_params_file(path).cells()
     assert [c.axes for c in cells[:2]] == [{"head": "scouter", "seed": 0}, {"head": "scouter", "seed": 1}]
     assert len(cells) == (3 + 2) * 2
-    assert [(c.config.model.head, c.config.train.lambda_area) for c in cells[6::2]] == [("scouter", 0.0),
+    assert [(c.config.model.head, c.config.head_params.lambda_area) for c in cells[6::2]] == [("scouter", 0.0),
                                                                                        ("scouter", 0.5)]
     assert cells[6].id.startswith("scouter_lam0_seed0-")
 
@@ -193,14 +193,19 @@ def test_shipped_params_files_are_valid(path):
 
 def test_a_parameter_added_later_keeps_old_ids_at_its_neutral_value():
     """crop_scale and dihedral came after grids had been run: at the values that compute what was
-    computed before, they are not hashed, so those grids' cell folders keep their ids."""
-    from slotlib.config import HASH_NEUTRAL
+    computed before (their ``unhashed_at``), they are not hashed, so those grids' cell folders keep their ids."""
+    from slotlib.config import FIELDS
+    from slotlib.config.fields import HASHED
 
+    neutral = {name: f.metadata["unhashed_at"] for name, (_, f) in FIELDS.items()
+               if f.metadata["unhashed_at"] is not HASHED}
+    assert neutral == {"crop_scale": 0.08, "dihedral": False, "eval_size": None, "heatmap_tiles": 2,
+                       "stage2_batchnorm": "train", "tta": "none", "scouter_logit_scale": 1.0}
     base = Config.from_params({"scouter_logit_scale": 1.0, "stage2_batchnorm": "train"})
-    assert {k: base.to_params()[k] for k in HASH_NEUTRAL} == HASH_NEUTRAL   # the defaults are neutral, but for
-    assert Config.from_params({}).model.scouter_logit_scale == 16.0            # the SCOUTER scale and the
-    assert Config.from_params({}).train.stage2_batchnorm == "auto"             # BatchNorm, changed on purpose
-    params = {k: v for k, v in base.to_params().items() if k not in ("data_root", "num_workers", *HASH_NEUTRAL)}
+    assert {k: base.to_params()[k] for k in neutral} == neutral   # the defaults are neutral, but for
+    assert Config.from_params({}).head_params.scouter_logit_scale == 16.0       # the SCOUTER scale and the
+    assert Config.from_params({}).train.stage2_batchnorm == "frozen"            # BatchNorm, changed on purpose
+    params = {k: v for k, v in base.to_params(auto=True).items() if k not in ("data_root", "num_workers", *neutral)}
     import hashlib
     assert base.digest() == hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     assert Config.from_params({"dihedral": True}).digest() != base.digest()
@@ -212,7 +217,7 @@ def test_stage2_batchnorm_auto_freezes_pretrained_statistics_only():
     backbone from scratch, which were never estimated; it is hashed as what it resolves to, so a cell
     from scratch keeps the id it had when 'train' was the default, and a pretrained cell at 'auto' is
     the cell that set 'frozen'."""
-    resolved = {(pt, pf): Config.from_params({"pretrained": pt, "pretrained_file": pf}).stage2_batchnorm
+    resolved = {(pt, pf): Config.from_params({"pretrained": pt, "pretrained_file": pf}).train.stage2_batchnorm
                 for pt, pf in [(True, None), (False, "w.safetensors"), (False, None)]}
     assert resolved == {(True, None): "frozen", (False, "w.safetensors"): "frozen", (False, None): "train"}
     for pretrained, same in [(True, "frozen"), (False, "train")]:
@@ -220,7 +225,7 @@ def test_stage2_batchnorm_auto_freezes_pretrained_statistics_only():
         assert auto.digest() == Config.from_params({"pretrained": pretrained, "stage2_batchnorm": same}).digest()
         other = "train" if same == "frozen" else "frozen"
         assert auto.digest() != Config.from_params({"pretrained": pretrained, "stage2_batchnorm": other}).digest()
-    assert Config.from_params({"pretrained": True, "stage2_batchnorm": "train"}).stage2_batchnorm == "train"
+    assert Config.from_params({"pretrained": True, "stage2_batchnorm": "train"}).train.stage2_batchnorm == "train"
     with pytest.raises(ConfigError, match="stage2_batchnorm.*one of auto, train, frozen"):
         Config.from_params({"stage2_batchnorm": "eval"})
 
@@ -228,9 +233,9 @@ def test_stage2_batchnorm_auto_freezes_pretrained_statistics_only():
 def test_a_parameter_of_one_head_does_not_rename_the_other_heads_cells():
     """scouter_logit_scale's default moved from 1 to 16: SCOUTER cells at the default are new cells (other
     ids), the slot and linear cells, which never read it, keep theirs, and so do SCOUTER cells at 1."""
-    from slotlib.config import ONE_HEAD_ONLY
+    from slotlib.config import FIELDS
 
-    assert ONE_HEAD_ONLY == {"scouter_logit_scale": "scouter"}
+    assert not FIELDS["scouter_logit_scale"][1].metadata["hashed_for_every_head"]
     for head in ("slot", "linear"):
         assert (Config.from_params({"head": head}).digest()
                 == Config.from_params({"head": head, "scouter_logit_scale": 1.0}).digest()

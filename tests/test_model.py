@@ -6,9 +6,10 @@ import pytest
 import timm
 import torch
 
-from slotlib.classify.losses import area_loss, slot_classification_loss
+from slotlib.classify.losses import classification_loss
 from slotlib.classify.model import SlotClassifier, sine_position_encoding
 from slotlib.config import Config, ConfigError
+from slotlib.heads.scouter import area_loss
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights/mobilenetv2_100.tv_in1k_qnnpack_dequant.pth"
 PX = 64
@@ -17,7 +18,7 @@ PX = 64
 def build(**params) -> SlotClassifier:
     torch.manual_seed(0)
     cfg = Config.from_params({"pretrained": False, **params})
-    return SlotClassifier(cfg.model, num_classes=10)
+    return SlotClassifier(cfg.model, num_classes=10, head_params=cfg.head_params)
 
 
 def run(model: SlotClassifier, train: bool = False, seed: int = 0):
@@ -105,10 +106,11 @@ def test_reference_parameter_count():
     assert grouped["n_params"] == 2_647_409
 
 
-def loss_of(model, lambda_area=0.05, head=None):
+def loss_of(model, lambda_area=None):
+    if lambda_area is not None and hasattr(model.head, "lambda_area"):
+        model.head.lambda_area = lambda_area
     logits, attn = run(model)
-    target = torch.arange(2)
-    loss, _ = slot_classification_loss(logits, target, attn, head=head or model.cfg.head, lambda_area=lambda_area)
+    loss, _ = classification_loss(logits, torch.arange(2), attn, model.head)
     return loss
 
 
@@ -134,6 +136,7 @@ def test_every_grid_axis_changes_the_output(axis, a, b):
 
 
 def test_lambda_area_and_area_power_change_the_loss():
+    assert build(lambda_area=0.1).head.lambda_area == 0.1 and build(area_power=2.0).head.area_power == 2.0
     model = build()
     assert not torch.isclose(loss_of(model, 0.1), loss_of(model, 0.05))
     logits, attn = run(model)
@@ -158,7 +161,7 @@ def test_one_optimiser_step_is_finite_and_moves_every_head_parameter(head):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     logits, attn = run(model, train=True)
-    loss, parts = slot_classification_loss(logits, torch.tensor([0, 1]), attn, head=head, lambda_area=0.05)
+    loss, parts = classification_loss(logits, torch.tensor([0, 1]), attn, model.head)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -247,7 +250,7 @@ def test_compiled_model_matches_eager_forward_and_backward(head):
     assert torch.allclose(logits, eager_logits, atol=1e-4) and torch.allclose(attn, eager_attn, atol=1e-4)
     model.train()
     logits, attn = compiled(x)                                          # training mode: a second graph
-    loss, _ = slot_classification_loss(logits, torch.tensor([0, 1]), attn, head=head, lambda_area=0.05)
+    loss, _ = classification_loss(logits, torch.tensor([0, 1]), attn, model.head)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.head.parameters())
 

@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from slotlib.classify.heads import LinearHead, SlotClassifierHead
-from slotlib.layers.slot_attention import GaussianSlots, ScouterSlotAttention, SlotAttention
+from slotlib.heads.linear import LinearHead
+from slotlib.heads.scouter import ScouterSlotAttention
+from slotlib.heads.slot import SlotClassifierHead
+from slotlib.layers.slot_attention import GaussianSlots, SlotAttention
 
 B, N, D, K = 3, 7, 16, 4
 

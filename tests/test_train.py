@@ -15,6 +15,7 @@ import yaml
 
 from slotlib.classify import fit as training
 from slotlib.classify import steps
+from slotlib.classify.experiment import Experiment
 from slotlib.classify.losses import HeadCollapseError
 from slotlib.classify.steps import EpochResult, StagePlan, collapse_of
 from slotlib.config import Config, ConfigError
@@ -53,9 +54,9 @@ def run(tiny_root, isolated_cache, tmp_path):
 
 def test_two_stage_run_writes_the_cell_folder(run, tmp_path, monkeypatch):
     splits_seen = []
-    evaluate = training.evaluate
-    monkeypatch.setattr(training, "evaluate", lambda exp, model, split, tta="none": splits_seen.append(split) or
-                        evaluate(exp, model, split, tta=tta))
+    evaluate = Experiment.evaluate
+    monkeypatch.setattr(Experiment, "evaluate", lambda exp, split, *args: splits_seen.append(split) or
+                        evaluate(exp, split, *args))
     metrics = run(stage1_epochs=2, stage2_epochs=1)
     out = tmp_path / "run"
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
@@ -110,16 +111,14 @@ def test_a_collapsed_head_fails_the_run_and_says_so(run, tmp_path, monkeypatch):
     ({"head": "scouter"}, "saturated_attention", "lower stage2_lr or lambda_area"),
 ])
 def test_saturated_attention_is_a_collapse(params, kind, advice):
-    exp = type("Exp", (), {"config": Config.from_params(params)})()
+    config = Config.from_params(params)
     plan = StagePlan(2, 5, 1e-4, False)
-    result = EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, saturated_mean=0.998,
-                                  saturated_min=0.995)
-    err = collapse_of(exp, plan, 3, result)
+    result = EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, diagnostics={"saturated": (0.998, 0.995)})
+    err = collapse_of(config, plan, 3, result)
     assert err.info["kind"] == kind and err.info["stage"] == 2 and err.info["epoch"] == 3
     assert "stage2, epoch 3" in str(err) and advice in str(err) and "\n" not in str(err)
-    healthy = EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, saturated_mean=0.4,
-                                   saturated_min=0.2)
-    assert collapse_of(exp, plan, 3, healthy) is None
+    healthy = EpochResult(2.3, 0.1, 1.0, 32, spread_mean=0.5, spread_max=1.0, diagnostics={"saturated": (0.4, 0.2)})
+    assert collapse_of(config, plan, 3, healthy) is None
 
 
 def test_stage1_freezes_the_backbone_and_its_batchnorm(tiny_root, isolated_cache, tmp_path):
@@ -181,7 +180,7 @@ def test_stage1_zero_trains_from_scratch_in_one_stage(run, tmp_path):
 
 
 def test_nan_loss_stops_the_run_and_is_recorded(run, tmp_path, monkeypatch):
-    real = steps.slot_classification_loss
+    real = steps.classification_loss
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -189,7 +188,7 @@ def test_nan_loss_stops_the_run_and_is_recorded(run, tmp_path, monkeypatch):
         calls.append(1)
         return (loss * float("nan"), parts) if len(calls) == 3 else (loss, parts)
 
-    monkeypatch.setattr(steps, "slot_classification_loss", poisoned)
+    monkeypatch.setattr(steps, "classification_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match="stage1, epoch 1, batch 3"):
         run()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -243,13 +242,13 @@ def test_tta_and_eval_size_change_only_the_final_evaluation(run, tmp_path, monke
     """tta: the best weights are tested with and without the views (both in metrics.json); the per-epoch
     validation that selects them stays plain. eval_size: val, test and maps at that size."""
     seen = []
-    evaluate = training.evaluate
+    evaluate = Experiment.evaluate
 
-    def spy(exp, model, split, tta="none"):
+    def spy(exp, split, step_model=None, tta="none"):
         seen.append((split, tta, exp.loaders[split].image_size))
-        return evaluate(exp, model, split, tta=tta)
+        return evaluate(exp, split, step_model, tta)
 
-    monkeypatch.setattr(training, "evaluate", spy)
+    monkeypatch.setattr(Experiment, "evaluate", spy)
     metrics = run(tta="dihedral", eval_size=80)
     assert seen == [("val", "none", 80), ("val", "none", 80), ("test", "dihedral", 80), ("val", "dihedral", 80)]
     assert all(0 <= metrics[k] <= 1 for k in ("test_acc", "test_acc_plain", "val_acc_tta"))
@@ -270,7 +269,7 @@ def test_tta_averages_the_probabilities_of_the_views(run, tmp_path, tiny_root):
     exp = prepare(Config.from_params(tiny(tiny_root)), tmp_path / "cell", progress=False)
     exp.model.load_state_dict(torch.load(tmp_path / "cell" / "best.pt", weights_only=True))
     exp.model.eval()
-    got = steps.evaluate(exp, exp.model, "test", tta="flip")
+    got = exp.evaluate("test", tta="flip")
     right = plain_right = total = 0
     with torch.no_grad():
         for x, y in exp.loaders["test"]:
@@ -280,7 +279,7 @@ def test_tta_averages_the_probabilities_of_the_views(run, tmp_path, tiny_root):
             total += len(y)
     assert got["acc"] == pytest.approx(right / total)
     assert got["acc_plain"] == pytest.approx(plain_right / total)
-    assert got["acc_plain"] == steps.evaluate(exp, exp.model, "test")["acc"]
+    assert got["acc_plain"] == exp.evaluate("test")["acc"]
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
@@ -326,3 +325,4 @@ def test_stage2_batchnorm_frozen_keeps_the_running_statistics(batchnorm):
     unchanged = all(torch.equal(a, bn.running_mean) for a, bn in zip(before, bns))
     assert unchanged == (batchnorm == "frozen")
     assert bns[0].weight.grad is not None          # the BatchNorm's affine weights still train
+

@@ -2,9 +2,8 @@
 
     backbone.py         timm backbones: build (features_only), offline weights, output stride
     vit_variants.py     the clear-vit attention variants as timm backbones (slotvit_*)
-    heads.py            SCOUTER, slot-attention and linear heads; a new head goes here
     model.py            SlotClassifier = backbone -> 1x1 projection -> position encoding -> head
-    losses.py           cross-entropy + lambda * area; what a collapsed head looks like
+    losses.py           cross-entropy + the head's own terms (slotlib/heads/); what a collapsed head looks like
     experiment.py       one run's data, loaders, model and device (prepare)
     steps.py            one optimiser step, one epoch, one evaluation
     fit.py              the two stages, best checkpoint, resume, the test set once (train)

@@ -26,12 +26,11 @@ the most device time, for finding what bounds a step.
 
 Several processes can share one GPU, as grid cells do: ``ready_dir`` and ``peers`` make each one
 wait after its warm-up until ``peers`` processes are ready, so their timed steps overlap
-(benchmarks/cells_per_gpu.sh).
+(benchmarks/cells_per_gpu.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import itertools
 import os
@@ -39,7 +38,6 @@ import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,10 +48,7 @@ from ..config import Config
 from .bench_format import speedups
 from .bench_reference import forever, reference_loader
 
-PIPELINES = ("reference", "fast")
-
-
-CHOICES = ("reference", "loader", "fast", "compiled")
+DEFAULT_PIPELINES = ("reference", "fast")   # what `slotlib bench` times unless --pipeline says otherwise
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -135,57 +130,46 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
     that took the most device time.
     """
     compile = pipeline == "compiled"
-    from ..data.device import make_device_loaders
     from ..data.transforms import normalization
-    from ..runtime import autocast_dtype, resolve_device
-    from .experiment import Experiment, channels_last, tune_for_device
+    from ..runtime import resolve_device
+    from ..runtime import channels_last
+    from .experiment import split_loaders, tune_for_device
     from .model import SlotClassifier
-    from .steps import StagePlan, make_optimizer, set_stage, train_mode, train_step
+    from .steps import Objective, StagePlan, make_optimizer, set_stage, train_mode, train_step
 
     device = resolve_device(config.train.device)
     cuda = device.type == "cuda"
     if pipeline == "reference":  # the reference: fp32, NCHW, no compile
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision="fp32"))
+        config = config.with_params(precision="fp32")
     mean, std = normalization(config.model.backbone)
     torch.manual_seed(config.train.seed)
     model = SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=False,
-                           image_size=config.data.image_size)
+                           image_size=config.data.image_size, head_params=config.head_params)
     # the reference trains plain fp32 NCHW; the others as `slotlib train` does
     model = model.to(device) if pipeline == "reference" else tune_for_device(model, device)
-    if pipeline in ("fast", "compiled"):
-        loader = make_device_loaders(ds, {"train": splits["train"]}, image_size=config.data.image_size,
-                                     batch_size=config.data.batch_size, mean=mean, std=std, seed=config.train.seed,
-                                     device=device, channels_last=channels_last(device), drop_last_train=True,
-                                     crop_scale=config.data.crop_scale, dihedral=config.data.dihedral)["train"]
-        source = "device"
-    elif pipeline == "loader":
-        from ..data.transforms import make_loaders
-        loader = make_loaders(ds, {"train": splits["train"]}, image_size=config.data.image_size,
-                              batch_size=config.data.batch_size, mean=mean, std=std,
-                              num_workers=config.data.num_workers, seed=config.train.seed,
-                              drop_last_train=True, crop_scale=config.data.crop_scale,
-                              dihedral=config.data.dihedral)["train"]
-        source = "cache"
-    else:
+    if pipeline == "reference":
         loader, source = reference_loader(ds, splits["train"], config, mean, std, workers, device)
-    exp = Experiment(config, Path(tempfile.gettempdir()), ds, splits, {"train": loader}, model, device, mean, std,
-                     progress=False)
+    else:   # the training loader of `slotlib train`, built where the run builds it
+        kind = "loader" if pipeline == "loader" else "fast"
+        loader = split_loaders(config.with_params(pipeline=kind), ds, {"train": splits["train"]}, device, mean, std,
+                               drop_last_train=True)["train"]
+        source = "cache" if kind == "loader" else "device"
     plan = StagePlan(stage, 1, config.train.stage1_lr if stage == 1 else config.train.stage2_lr, stage == 1)
     params = set_stage(model, plan.freeze_backbone)
     optimizer, _ = make_optimizer(params, plan, config)
-    train_mode(model, plan.freeze_backbone, config.stage2_batchnorm)
+    train_mode(model, plan.freeze_backbone, config.train.stage2_batchnorm)
     step_model = torch.compile(model) if compile else model
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     batches = forever(loader)
-
-    scaler = torch.amp.GradScaler(device.type) if autocast_dtype(config.train.precision, device) is torch.float16 \
-        else None
+    objective = Objective.of(config, device)
+    scaler = torch.amp.GradScaler(device.type) if objective.amp_dtype is torch.float16 else None
 
     def run(n: int) -> torch.Tensor:
         finite = torch.ones((), dtype=torch.bool, device=device)
         for images, target in itertools.islice(batches, n):
-            finite &= train_step(exp, step_model, optimizer, params, images, target, scaler).finite
+            finite &= train_step(step_model, images, target, optimizer, objective, grad_clip=config.train.grad_clip,
+                                 scaler=scaler).finite
         return finite
 
     wall = time.perf_counter()
@@ -213,15 +197,14 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
             "runs": [round(r, 1) for r in rates], "warmup_seconds": round(warm_seconds, 2),
             "peak_memory_mb": round(peak_memory_mb(device), 1), "device_memory_used_mb": in_use,
             "memory_kind": "cuda max allocated" if cuda else "process max RSS (cumulative)",
-            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
-                autocast_dtype(config.train.precision, device)],
+            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[objective.amp_dtype],
             "channels_last": channels_last(device) and pipeline != "reference", "compile": compile,
             "data_source": source,
             "workers": workers if pipeline == "reference" else config.data.num_workers if pipeline == "loader" else 0,
             "finite": bool(finite), "error": None, "profile": profiled}
 
 
-def bench(config: Config, *, pipelines: tuple[str, ...] = PIPELINES, heads: tuple[str, ...] | None = None,
+def bench(config: Config, *, pipelines: tuple[str, ...] = DEFAULT_PIPELINES, heads: tuple[str, ...] | None = None,
           batch_sizes: tuple[int, ...] | None = None, steps: int = 20, warmup: int = 5, repeats: int = 3,
           stage: int = 2, workers: int = 4, ready_dir: str | None = None, peers: int = 1,
           profile: int = 0, on_result=None) -> dict[str, Any]:
@@ -242,8 +225,7 @@ def bench(config: Config, *, pipelines: tuple[str, ...] = PIPELINES, heads: tupl
     barrier = (lambda: wait_for_peers(ready_dir, peers)) if ready_dir else None
     results = []
     for head, batch_size, pipeline in itertools.product(heads, batch_sizes, pipelines):
-        cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, head=head),
-                                  data=dataclasses.replace(config.data, batch_size=batch_size))
+        cfg = config.with_params(head=head, batch_size=batch_size)
         try:
             results.append(run_pipeline(pipeline, cfg, ds, splits, steps=steps, warmup=warmup, repeats=repeats,
                                         stage=stage, workers=workers, barrier=barrier, profile=profile))

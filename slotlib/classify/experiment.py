@@ -22,8 +22,9 @@ from ..data.eurosat import load_eurosat
 from ..data.splits import split_indices
 from ..data.transforms import make_loaders, normalization
 from ..runs.folder import read_metrics, read_params
-from ..runtime import resolve_device, seed_everything
+from ..runtime import channels_last, resolve_device, seed_everything
 from .model import SlotClassifier, check_builds
+from .steps import Objective, evaluate
 
 
 @dataclass
@@ -46,6 +47,16 @@ class Experiment:
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.data.classes)
 
+    @property
+    def objective(self) -> Objective:
+        """How this run's batches go through the model and are scored (slotlib.classify.steps.Objective)."""
+        return Objective.of(self.config, self.device)
+
+    def evaluate(self, split: str, step_model: Any = None, tta: str = "none") -> dict[str, Any]:
+        """:func:`slotlib.classify.steps.evaluate` of the run's model on one of its splits (``step_model``: a
+        compiled twin of the model that runs the batches)."""
+        return evaluate(self.model, self.loaders[split], self.objective, tta, step_model)
+
 
 def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True,
             pretrained: bool | None = None) -> Experiment:
@@ -56,7 +67,8 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     out_dir = Path(out_dir)
     check_run_folder(config, out_dir)
     dc = config.data
-    check_builds(config.model, dc.image_size, eval_size=dc.eval_size)   # a bad backbone fails in seconds
+    check_builds(config.model, dc.image_size, eval_size=dc.eval_size,   # a bad backbone fails in seconds
+                 head_params=config.head_params)
     device = resolve_device(config.train.device)
     ds = load_eurosat(dc.data_root, per_class_limit=dc.per_class_limit)
     try:
@@ -71,29 +83,26 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     loaders = split_loaders(config, ds, splits, device, mean, std)
     seed_everything(config.train.seed)
     model = tune_for_device(SlotClassifier(config.model, num_classes=len(ds.classes), pretrained=pretrained,
-                                           image_size=dc.image_size), device)
+                                           image_size=dc.image_size, head_params=config.head_params), device)
     split_fp = json.dumps({k: v.tolist() for k, v in splits.items()})
     return Experiment(config, out_dir, ds, splits, loaders, model, device, mean, std,
                       hashlib.sha256(split_fp.encode()).hexdigest()[:16], progress)
 
 
 def split_loaders(config: Config, ds, splits: dict[str, np.ndarray], device: torch.device, mean: tuple[float, ...],
-                  std: tuple[float, ...], eval_size: int | None = None) -> dict[str, Any]:
+                  std: tuple[float, ...], eval_size: int | None = None, drop_last_train: bool = False
+                  ) -> dict[str, Any]:
     """One loader per split for the run's pipeline, normalised by the backbone's ``mean``/``std``; evaluation
-    splits at ``eval_size`` (default: the config's ``eval_px``; benchmarks/eval_sizes.py asks for others)."""
+    splits at ``eval_size`` (default: the config's ``eval_px``; benchmarks/eval_sizes.py asks for others).
+    The one place loaders are built: training, ``slotlib bench`` (``drop_last_train``: only full batches
+    are timed) and the benchmarks."""
     dc = config.data
     common = dict(image_size=dc.image_size, batch_size=dc.batch_size, mean=mean, std=std, augment=dc.augment,
                   seed=config.train.seed, crop_scale=dc.crop_scale, dihedral=dc.dihedral,
-                  eval_size=dc.eval_px if eval_size is None else eval_size)
+                  eval_size=dc.eval_px if eval_size is None else eval_size, drop_last_train=drop_last_train)
     if dc.pipeline == "fast":
         return make_device_loaders(ds, splits, device=device, channels_last=channels_last(device), **common)
     return make_loaders(ds, splits, num_workers=dc.num_workers, **common)
-
-
-def channels_last(device: torch.device) -> bool:
-    """Whether images and weights go channels_last: on CUDA, and on the CPU, where oneDNN's convolutions
-    are faster in that layout (mobilenetv2_100, 64 px, batch 32, 2 cores: 147 -> 165 training images/s)."""
-    return device.type in ("cuda", "cpu")
 
 
 def tune_for_device(model: nn.Module, device: torch.device) -> nn.Module:

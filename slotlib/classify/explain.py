@@ -183,7 +183,8 @@ def write_maps(exp, path, per_class: int = 2, mean_over: int = 50, batch: int = 
     Shown tiles: the first ``per_class`` test tiles of each class, in split order (the same tiles for
     every cell of a grid on one split). Arrays: ``tiles [M,64,64,3]`` uint8, ``labels [M]``, ``preds [M]``,
     ``probs [M,K]``, ``maps [M,K,h,w]`` (each class's slots summed, on the token grid), ``mean_maps [K,h,w]``
-    (class k's map averaged over up to ``mean_over`` test tiles of class k), ``class_names [K]``, ``head``.
+    (class k's map averaged over up to ``mean_over`` test tiles of class k), ``class_names [K]``, ``head``,
+    ``bounded`` (the head's maps lie in [0, 1]).
     """
     from ..runs.files import write_npz_atomic
 
@@ -207,6 +208,7 @@ def write_maps(exp, path, per_class: int = 2, mean_over: int = 50, batch: int = 
                      preds=probs[at].argmax(1), probs=probs[at].astype(np.float16),
                      maps=maps[at].astype(np.float16), mean_maps=mean_maps.astype(np.float32),
                      class_names=np.array(exp.class_names), head=np.array(exp.config.model.head),
+                     bounded=np.array(exp.model.head.bounded_attention),
                      indices=shown)
 
 

@@ -5,7 +5,7 @@ put); the best stage-1 weights are then restored and stage 2 fine-tunes everythi
 learning rate. The best validation accuracy over both stages wins; the test set is evaluated
 once, at the end, on those weights (with ``tta``, also without it, to show what the views add).
 
-A run writes one folder (see DESIGN.md, "One cell's folder"), every file atomically:
+A run writes one folder (see docs/design.md, "One cell's folder"), every file atomically:
 ``params.yaml``, ``history.csv``, ``metrics.json``, ``best.pt``, ``last.pt`` and, at the end,
 ``maps.npz`` (per-class attention over fixed test tiles, for the report).
 
@@ -32,7 +32,7 @@ from ..runs.folder import load_checkpoint, read_metrics
 from ..runtime import autocast_dtype, describe_device, git_sha, seed_everything, versions
 from .experiment import Experiment, check_finished, prepare
 from .losses import HeadCollapseError
-from .steps import StagePlan, collapse_of, evaluate, make_optimizer, set_stage, stage_plans, train_mode, train_one_epoch
+from .steps import StagePlan, collapse_of, make_optimizer, set_stage, stage_plans, train_mode, train_one_epoch
 
 HISTORY_COLUMNS = ("stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
                    "images_per_second", "logit_spread", "attn_saturated")
@@ -112,9 +112,9 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
                 exp.model.load_state_dict(load_checkpoint(out / "best.pt", exp.device))
         exp.model.load_state_dict(load_checkpoint(out / "best.pt", exp.device))
         tta = cfg.train.tta
-        test = evaluate(exp, step_model, "test", tta=tta)
+        test = exp.evaluate("test", step_model, tta)
         with_tta = {} if tta == "none" else {   # what the views add, on the same weights
-            "test_acc_plain": test["acc_plain"], "val_acc_tta": evaluate(exp, step_model, "val", tta=tta)["acc"]}
+            "test_acc_plain": test["acc_plain"], "val_acc_tta": exp.evaluate("val", step_model, tta)["acc"]}
         per_class = {name: (row[i] / sum(row) if sum(row) else None)
                      for i, (name, row) in enumerate(zip(exp.class_names, test["confusion"]))}
         explanation = {}
@@ -156,17 +156,19 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         seed = epoch_seed(cfg.train.seed, plan.index, epoch)
         seed_everything(seed)
         exp.loaders["train"].generator.manual_seed(seed)
-        train_mode(exp.model, plan.freeze_backbone, cfg.stage2_batchnorm)
+        train_mode(exp.model, plan.freeze_backbone, cfg.train.stage2_batchnorm)
         lr = optimizer.param_groups[0]["lr"]
-        result = train_one_epoch(exp, step_model, optimizer, plan, epoch, scaler)
-        val = evaluate(exp, step_model, "val")
+        result = train_one_epoch(step_model, exp.loaders["train"], optimizer, exp.objective, plan, epoch,
+                                 grad_clip=cfg.train.grad_clip, scaler=scaler, progress=exp.progress)
+        val = exp.evaluate("val", step_model)
         scheduler.step()
         state.history.append({"stage": plan.index, "epoch": epoch, "train_loss": result.loss,
                               "train_acc": result.acc, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
                               "seconds": round(result.seconds, 3),
                               "images_per_second": round(result.images_per_second, 1),
                               "logit_spread": round(result.spread_mean, 6),
-                              "attn_saturated": "" if result.saturated_mean is None else round(result.saturated_mean, 4)})
+                              "attn_saturated": round(result.diagnostics["saturated"][0], 4)
+                              if "saturated" in result.diagnostics else ""})
         state.stage, state.epoch = plan.index, epoch
         state.train_seconds += result.seconds
         state.train_images += result.images
@@ -183,7 +185,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
                            "state": state.__dict__,
                            "wall_seconds": wall_before + time.perf_counter() - wall_start}, out / "last.pt")
         on_epoch()
-        collapse = collapse_of(exp, plan, epoch, result)
+        collapse = collapse_of(cfg, plan, epoch, result)
         if collapse is not None:  # recorded in history.csv (the row above) and metrics.json (fit)
             raise collapse
         epochs.set_postfix(train_acc=f"{result.acc:.3f}", val_acc=f"{val['acc']:.3f}",

@@ -1,9 +1,7 @@
-"""Losses as pure functions: cross-entropy plus SCOUTER's area loss.
+"""The training objective as pure functions: cross-entropy plus the head's own terms; what a collapsed head is.
 
-Shape letters: B batch, K classes, S slots, N tokens.
-
-Reference: Li et al., SCOUTER (ICCV 2021), eq. 7: the area loss is the mean attention, so
-minimising it makes each slot attend to a small region; ``lambda_area`` weighs it.
+Shape letters: B batch, K classes, S slots, N tokens. A head's own terms (SCOUTER's area loss) are
+defined in its file (:mod:`slotlib.heads`), as ``Head.loss_terms``.
 """
 
 from __future__ import annotations
@@ -22,12 +20,9 @@ class HeadCollapseError(RuntimeError):
 
 # A head has collapsed when, for every training batch of an epoch, every sample's class logits lie
 # within COLLAPSE_SPREAD of each other (softmax within 0.1% of uniform: no signal to learn from), or,
-# for SCOUTER's sigmoid attention, more than SATURATED_SHARE of the weights are saturated (below
-# SATURATION_MARGIN or above 1 - SATURATION_MARGIN, where the sigmoid passes no gradient).
+# for a head whose diagnostics report a 'saturated' share (SCOUTER's sigmoid attention), more than
+# SATURATED_SHARE of its attention weights are saturated, where they pass no gradient.
 COLLAPSE_SPREAD = 1e-3
-
-
-SATURATION_MARGIN = 0.01
 
 
 SATURATED_SHARE = 0.99
@@ -39,28 +34,16 @@ def logit_spread(logits: torch.Tensor) -> torch.Tensor:
     return logits.max(1).values - logits.min(1).values
 
 
-def saturated_share(attn: torch.Tensor, margin: float = SATURATION_MARGIN) -> torch.Tensor:
-    """Share of sigmoid attention weights within ``margin`` of 0 or 1: ``attn [B,S,N]`` -> scalar."""
-    attn = attn.detach().float()
-    return ((attn < margin) | (attn > 1 - margin)).float().mean()
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, attn: torch.Tensor, head,
+                        label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy plus the weighted terms of ``head.loss_terms(attn)``.
 
-
-def area_loss(attn: torch.Tensor, power: float = 1.0) -> torch.Tensor:
-    """Mean attention over batch, slots and tokens, to ``power``: ``attn [B,S,N]`` -> scalar."""
-    return attn.mean() ** power
-
-
-def slot_classification_loss(logits: torch.Tensor, target: torch.Tensor, attn: torch.Tensor, *,
-                             head: str, lambda_area: float, area_power: float = 1.0,
-                             label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Cross-entropy, plus ``lambda_area`` * area loss for the SCOUTER head.
-
-    The area term only applies to SCOUTER's sigmoid attention: softmax attention over slots has
-    a constant mean (1/S) and a linear head's class map is no attention at all.
-    Returns the total and its parts (detached) for logging.
+    ``logits [B,K]``, ``target [B]``, ``attn [B,S,N]``; ``head`` a :class:`slotlib.heads.Head`.
+    Returns the total and its parts (detached, unweighted) for logging.
     """
-    ce = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)  # logits [B,K], target [B]
-    if head != "scouter":
-        return ce, {"ce": ce.detach()}
-    area = area_loss(attn.float(), area_power)
-    return ce + lambda_area * area, {"ce": ce.detach(), "area": area.detach()}
+    ce = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+    total, parts = ce, {"ce": ce.detach()}
+    for name, (weight, value) in head.loss_terms(attn).items():
+        total = total + weight * value
+        parts[name] = value.detach()
+    return total, parts

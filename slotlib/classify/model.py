@@ -14,14 +14,15 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, ConfigError, ModelConfig
+from ..heads import head_class
 from .backbone import create_backbone
-from .heads import create_head, token_norm
 
 
 def sine_position_encoding(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -41,14 +42,16 @@ def sine_position_encoding(h: int, w: int, dim: int, temperature: float = 10000.
 class SlotClassifier(nn.Module):
     """Images ``[B,3,H,W]`` -> ``(logits [B,K], attn [B,S,N])``; ``forward`` is pure.
 
+    ``head_params``: the head's own parameters (``Config.head_params``; default: its defaults).
     ``image_size``: the input size the run uses, for ``output_stride: null`` (see ``output_stride_for``);
     without it the backbone keeps its own stride.
     """
 
     def __init__(self, cfg: ModelConfig, num_classes: int, pretrained: bool | None = None,
-                 image_size: int | None = None) -> None:
+                 image_size: int | None = None, *, head_params: Any = None) -> None:
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
+        head = head_class(cfg.head)
         self.backbone = create_backbone(cfg, pretrained, image_size)
         channels = self.backbone.feature_info.channels()[-1]
         self.stride = self.backbone.feature_info.reduction()[-1]
@@ -56,13 +59,13 @@ class SlotClassifier(nn.Module):
         self.proj = nn.Conv2d(channels, d, kernel_size=1)
         # One group: normalise over all channels and positions together. Many groups on a small map
         # (2x2 at 64 px) would remove each group's own mean, which is most of what a tile says.
-        # Not for SCOUTER by default: its logit is each token's channel mean weighted by attention,
-        # and GroupNorm centres exactly that (the authors feed the ReLU features as they are).
-        self.norm = nn.GroupNorm(1, d) if token_norm(cfg) == "group" else nn.Identity()
+        # 'auto' is the head's own choice (Head.token_norm).
+        norm = head.token_norm if cfg.token_norm == "auto" else cfg.token_norm
+        self.norm = nn.GroupNorm(1, d) if norm == "group" else nn.Identity()
         # The reference passed dropout to a features_only backbone, where it reached no module;
         # here it acts on the tokens every head sees.
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = create_head(cfg, num_classes)
+        self.head = head.from_params(head.Params() if head_params is None else head_params, num_classes, d)
         self._pos: dict[tuple[int, int], torch.Tensor] = {}
         self._grid: dict[int, tuple[int, int]] = {}
 
@@ -102,26 +105,24 @@ class SlotClassifier(nn.Module):
                 "n_trainable_stage1": n_head, "n_trainable_stage2": n_backbone + n_head}
 
 
-_COUNT_KEYS = ("backbone", "feature_stride", "head", "hidden_dim", "slots_per_class", "token_norm", "slot_score")
-
-
 _COUNTS: dict[tuple, dict[str, int]] = {}
 
 
 def count_parameters(cfg: Config, num_classes: int = 10) -> dict[str, int]:
     """Parameter counts by part for a config, from random weights (nothing is fetched); cached per architecture."""
     # image size: a ViT's position embedding grows with it (a CNN's count does not depend on it)
-    key = tuple(getattr(cfg.model, k) for k in _COUNT_KEYS) + (num_classes, cfg.data.image_size)
+    key = (cfg.model, cfg.head_params, num_classes, cfg.data.image_size)
     if key not in _COUNTS:
-        _COUNTS[key] = SlotClassifier(cfg.model, num_classes=num_classes, pretrained=False,
-                                      image_size=cfg.data.image_size).parameter_counts()
+        _COUNTS[key] = SlotClassifier(cfg.model, num_classes, pretrained=False, image_size=cfg.data.image_size,
+                                      head_params=cfg.head_params).parameter_counts()
     return _COUNTS[key]
 
 
 _CHECKED: set[tuple] = set()
 
 
-def check_builds(cfg: ModelConfig, image_size: int, num_classes: int = 10, *, eval_size: int | None = None) -> None:
+def check_builds(cfg: ModelConfig, image_size: int, num_classes: int = 10, *, eval_size: int | None = None,
+                 head_params: Any = None) -> None:
     """Build the model without weights and run one forward pass at ``image_size`` (and at ``eval_size``): a
     backbone name timm does not know, or one that takes a fixed input size, is one sentence now instead of
     a traceback mid-run.
@@ -129,12 +130,13 @@ def check_builds(cfg: ModelConfig, image_size: int, num_classes: int = 10, *, ev
     Under a forked RNG, so checking does not change the weights the run then draws. Cached per
     (model parameters, image size).
     """
-    key = (cfg, image_size, num_classes, eval_size)
+    key = (cfg, head_params, image_size, num_classes, eval_size)
     if key in _CHECKED:
         return
     with torch.random.fork_rng(devices=[]):
         try:
-            model = SlotClassifier(cfg, num_classes, pretrained=False, image_size=image_size).eval()
+            model = SlotClassifier(cfg, num_classes, pretrained=False, image_size=image_size,
+                                   head_params=head_params).eval()
         except ConfigError:
             raise
         except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as err:

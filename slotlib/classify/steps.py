@@ -3,13 +3,17 @@
 Stage 1 trains the head on a frozen backbone (kept in eval mode, so BatchNorm statistics stay
 put); stage 2 fine-tunes everything. An epoch in which the head learned nothing is a
 :class:`~slotlib.classify.losses.HeadCollapseError`.
+
+Nothing here takes the run's :class:`~slotlib.classify.experiment.Experiment`: a step takes the model,
+the batch, the optimiser and an :class:`Objective` (device, autocast, loss), so ``slotlib bench``
+times the very step the training loop runs.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -17,17 +21,9 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.transforms import test_time_views
-from ..runtime import NonFiniteLossError, autocast_dtype, sync
-from .experiment import Experiment, channels_last
-from .losses import (
-    COLLAPSE_SPREAD,
-    SATURATED_SHARE,
-    SATURATION_MARGIN,
-    HeadCollapseError,
-    logit_spread,
-    saturated_share,
-    slot_classification_loss,
-)
+from ..heads import head_class
+from ..runtime import NonFiniteLossError, autocast_dtype, channels_last, sync
+from .losses import COLLAPSE_SPREAD, SATURATED_SHARE, HeadCollapseError, classification_loss, logit_spread
 from .model import SlotClassifier
 
 
@@ -58,10 +54,9 @@ def set_stage(model: SlotClassifier, freeze_backbone: bool) -> list[nn.Parameter
 def train_mode(model: SlotClassifier, freeze_backbone: bool, batchnorm: str = "train") -> None:
     """Training mode for a stage; the frozen backbone (stage 1) stays in inference mode, and with
     ``batchnorm='frozen'`` so do the backbone's BatchNorm layers when it is fine-tuned (stage 2).
-    ``batchnorm`` is the resolved choice (``Config.stage2_batchnorm``), never 'auto'."""
+    ``batchnorm`` is ``config.train.stage2_batchnorm``, which the Config resolves: never 'auto'."""
     if batchnorm not in ("train", "frozen"):
-        raise ValueError(f"batchnorm must be 'train' or 'frozen' (Config.stage2_batchnorm resolves 'auto'), "
-                         f"got {batchnorm!r}")
+        raise ValueError(f"batchnorm must be 'train' or 'frozen' (the Config resolves 'auto'), got {batchnorm!r}")
     model.train()
     if freeze_backbone:
         model.backbone.eval()  # frozen: BatchNorm running statistics and dropout stay as in inference
@@ -80,46 +75,33 @@ def make_optimizer(params: list[nn.Parameter], plan: StagePlan, config: Config):
     return optimizer, scheduler
 
 
-@dataclass
-class EpochResult:
-    loss: float
-    acc: float
-    seconds: float
-    images: int
-    spread_mean: float = float("nan")       # mean over samples of the largest minus the smallest logit
-    spread_max: float = float("nan")        # its largest value in the epoch
-    saturated_mean: float | None = None     # SCOUTER: mean share of saturated attention weights per batch
-    saturated_min: float | None = None      # and its smallest value in the epoch
+@dataclass(frozen=True)
+class Objective:
+    """How a batch goes through the model and is scored: the run's device, memory layout, autocast and loss."""
 
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
+    device: torch.device
+    amp_dtype: torch.dtype | None = None    # autocast dtype, None: fp32
+    label_smoothing: float = 0.0
 
+    @classmethod
+    def of(cls, config: Config, device: torch.device) -> "Objective":
+        return cls(device, autocast_dtype(config.train.precision, device), config.train.label_smoothing)
 
-# Batches between host syncs in the training loop: the progress bar and the finiteness check.
-# Everything else stays on the device, so the GPU never waits for Python.
-SYNC_EVERY = 25
+    def forward(self, model: Callable, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images on the device (a no-op for the fast pipeline), channels_last where the model is, through
+        the model under autocast: (logits [B,K], attn [B,S,N])."""
+        fmt = torch.channels_last if channels_last(self.device) else torch.preserve_format
+        images = images.to(self.device, non_blocking=True, memory_format=fmt)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            return model(images)
 
-
-def forward(exp: Experiment, model: Callable, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images on the run's device (a no-op for the fast pipeline), channels_last where the model is, through
-    the model under the run's autocast: (logits, attn)."""
-    device = exp.device
-    fmt = torch.channels_last if channels_last(device) else torch.preserve_format
-    images = images.to(device, non_blocking=True, memory_format=fmt)
-    dtype = autocast_dtype(exp.config.train.precision, device)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        return model(images)                                            # [B,K], [B,S,N]
-
-
-def forward_loss(exp: Experiment, model: Callable, images: torch.Tensor, target: torch.Tensor):
-    """Batch to the device, forward under the run's autocast, the training objective: (target, logits, loss, attn)."""
-    cfg = exp.config
-    target = target.to(exp.device, non_blocking=True)
-    logits, attn = forward(exp, model, images)                          # [B,K], [B,S,N]
-    loss, _ = slot_classification_loss(logits, target, attn, head=cfg.model.head, lambda_area=cfg.train.lambda_area,
-                                       area_power=cfg.model.area_power, label_smoothing=cfg.train.label_smoothing)
-    return target, logits, loss, attn
+    def __call__(self, model: Callable, images: torch.Tensor, target: torch.Tensor):
+        """The training objective of a batch: (target on the device, logits, loss, attn). ``model.head``
+        (a compiled model passes it through) adds its own loss terms."""
+        target = target.to(self.device, non_blocking=True)
+        logits, attn = self.forward(model, images)                      # [B,K], [B,S,N]
+        loss, _ = classification_loss(logits, target, attn, model.head, self.label_smoothing)
+        return target, logits, loss, attn
 
 
 @dataclass
@@ -131,13 +113,14 @@ class Step:
     n: int                   # images in the batch
     finite: torch.Tensor     # [] bool: loss (and gradient norm, when clipped without a scaler) finite
     spread: torch.Tensor     # [B] each sample's largest minus smallest class logit
-    saturated: torch.Tensor | None  # [] share of saturated sigmoid attention weights (SCOUTER), else None
+    diagnostics: dict[str, torch.Tensor]  # the head's figures of this batch's attention (Head.diagnostics)
 
 
-def train_step(exp: Experiment, step_model: Callable, optimizer, trained: list[nn.Parameter],
-               images: torch.Tensor, target: torch.Tensor, scaler: torch.amp.GradScaler | None) -> Step:
+def train_step(model: Callable, images: torch.Tensor, target: torch.Tensor, optimizer: torch.optim.Optimizer,
+               objective: Objective, *, grad_clip: float | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> Step:
     """Forward, backward, clip, optimiser step. No host sync (the training loop and the benchmark share it)."""
-    target, logits, loss, attn = forward_loss(exp, step_model, images, target)
+    target, logits, loss, attn = objective(model, images, target)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -145,8 +128,9 @@ def train_step(exp: Experiment, step_model: Callable, optimizer, trained: list[n
     else:
         loss.backward()
     finite = torch.isfinite(loss.detach())
-    if exp.config.train.grad_clip is not None:
-        norm = torch.nn.utils.clip_grad_norm_(trained, exp.config.train.grad_clip)
+    if grad_clip is not None:
+        trained = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(trained, grad_clip)
         if scaler is None:  # the fp16 scaler skips non-finite steps itself
             finite = finite & torch.isfinite(norm)
     if scaler is not None:
@@ -154,30 +138,48 @@ def train_step(exp: Experiment, step_model: Callable, optimizer, trained: list[n
         scaler.update()
     else:
         optimizer.step()
-    saturated = saturated_share(attn) if exp.config.model.head == "scouter" else None
     return Step(loss.detach(), (logits.argmax(1) == target).sum(), target.shape[0], finite, logit_spread(logits),
-                saturated)
+                model.head.diagnostics(attn))
 
 
-def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: StagePlan, epoch: int,
-                    scaler: torch.amp.GradScaler | None) -> EpochResult:
-    device = exp.device
-    trained = [p for group in optimizer.param_groups for p in group["params"]]
+@dataclass
+class EpochResult:
+    loss: float
+    acc: float
+    seconds: float
+    images: int
+    spread_mean: float = float("nan")       # mean over samples of the largest minus the smallest logit
+    spread_max: float = float("nan")        # its largest value in the epoch
+    diagnostics: dict[str, tuple[float, float]] = field(default_factory=dict)  # the head's: (mean, min) per batch
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+# Batches between host syncs in the training loop: the progress bar and the finiteness check.
+# Everything else stays on the device, so the GPU never waits for Python.
+SYNC_EVERY = 25
+
+
+def train_one_epoch(model: Callable, batches: Iterable, optimizer: torch.optim.Optimizer, objective: Objective,
+                    plan: StagePlan, epoch: int, *, grad_clip: float | None = None,
+                    scaler: torch.amp.GradScaler | None = None, progress: bool = True) -> EpochResult:
+    device = objective.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.zeros((), device=device, dtype=torch.long)  # first batch whose loss or gradient was not finite
     bad_loss = torch.zeros((), device=device)
     spread_sum = torch.zeros((), device=device)
     spread_max = torch.zeros((), device=device)
-    sat_sum = torch.zeros((), device=device)
-    sat_min = torch.ones((), device=device)
-    seen = batches = 0
-    bar = tqdm(exp.loaders["train"], desc=f"{plan.name} epoch {epoch}", leave=False, disable=not exp.progress,
-               unit="batch")
+    diag_sum: dict[str, torch.Tensor] = {}
+    diag_min: dict[str, torch.Tensor] = {}
+    seen = batches_done = 0
+    bar = tqdm(batches, desc=f"{plan.name} epoch {epoch}", leave=False, disable=not progress, unit="batch")
     sync(device)
     start = time.perf_counter()
     for batch, (images, target) in enumerate(bar, 1):
-        step = train_step(exp, step_model, optimizer, trained, images, target, scaler)
+        step = train_step(model, images, target, optimizer, objective, grad_clip=grad_clip, scaler=scaler)
         new_bad = (first_bad == 0) & ~step.finite
         first_bad = torch.where(new_bad, batch, first_bad)
         bad_loss = torch.where(new_bad, step.loss.float(), bad_loss)
@@ -185,11 +187,11 @@ def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: Stag
         correct += step.correct
         spread_sum += step.spread.sum()
         spread_max = torch.maximum(spread_max, step.spread.max())
-        if step.saturated is not None:
-            sat_sum += step.saturated
-            sat_min = torch.minimum(sat_min, step.saturated)
+        for name, value in step.diagnostics.items():
+            diag_sum[name] = diag_sum.get(name, 0) + value
+            diag_min[name] = torch.minimum(diag_min[name], value) if name in diag_min else value
         seen += step.n
-        batches += 1
+        batches_done += 1
         if batch % SYNC_EVERY == 0 or batch == len(bar):
             # The only host sync of the loop. A non-finite step has already updated the weights, but
             # the run stops here, before any checkpoint is written: nothing is skipped or saved.
@@ -197,68 +199,65 @@ def train_one_epoch(exp: Experiment, step_model: Callable, optimizer, plan: Stag
                 raise NonFiniteLossError(f"loss or gradient norm became non-finite (loss {bad_loss.item()}) in "
                                          f"{plan.name}, epoch {epoch}, batch {first_bad.item()}; lower the "
                                          f"learning rate or set 'grad_clip'")
-            if exp.progress:
+            if progress:
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
                                 img_s=f"{seen / elapsed:.0f}")
     sync(device)
     seconds = time.perf_counter() - start
-    scouter = exp.config.model.head == "scouter"
+    diagnostics = {name: (float(diag_sum[name]) / batches_done, float(diag_min[name])) for name in diag_sum}
     return EpochResult(loss_sum.item() / seen, correct.item() / seen, seconds, seen, spread_sum.item() / seen,
-                       spread_max.item(), sat_sum.item() / batches if scouter else None,
-                       sat_min.item() if scouter else None)
+                       spread_max.item(), diagnostics)
 
 
-def collapse_of(exp: Experiment, plan: StagePlan, epoch: int, result: EpochResult) -> HeadCollapseError | None:
+def collapse_of(config: Config, plan: StagePlan, epoch: int, result: EpochResult) -> HeadCollapseError | None:
     """The error for an epoch in which the head learned nothing (see slotlib.classify.losses), or None."""
-    model = exp.config.model
+    head = config.model.head
+    saturated_min = result.diagnostics.get("saturated", (None, None))[1]
     if result.spread_max < COLLAPSE_SPREAD:
         kind = "equal_logits"
         what = (f"every class's logit was equal on every training batch (largest spread {result.spread_max:.1e}, "
                 f"under {COLLAPSE_SPREAD:g})")
-    elif result.saturated_min is not None and result.saturated_min > SATURATED_SHARE:
+    elif saturated_min is not None and saturated_min > SATURATED_SHARE:
         kind = "saturated_attention"
-        what = (f"its attention was saturated on every training batch (at least {result.saturated_min:.1%} of the "
-                f"weights within {SATURATION_MARGIN:g} of 0 or 1, where the sigmoid passes no gradient)")
+        what = (f"its attention was saturated on every training batch (at least {saturated_min:.1%} of the "
+                f"weights at 0 or 1, where they pass no gradient)")
     else:
         return None
-    if model.head == "scouter" and model.scouter_norm == "scouter":
-        advice = "set scouter_norm: none (the authors' rescaling saturates the sigmoid)"
-    elif model.head == "slot" and model.slot_score == "shared":
-        advice = "set slot_score: per_class"
-    else:
-        advice = (f"lower {plan.name}_lr" + (" or lambda_area" if model.head == "scouter" else "")
-                  + ", or attend over a larger token map (output_stride: null or 16, or a larger image_size)")
-    message = f"the {model.head} head collapsed in {plan.name}, epoch {epoch}: {what}; {advice}"
+    advice = head_class(head).collapse_advice(config.head_params, f"{plan.name}_lr")
+    message = f"the {head} head collapsed in {plan.name}, epoch {epoch}: {what}; {advice}"
     return HeadCollapseError(message, {"stage": plan.index, "epoch": epoch, "kind": kind, "message": message})
 
 
 @torch.no_grad()
-def evaluate(exp: Experiment, model: Callable, split: str, tta: str = "none") -> dict[str, Any]:
+def evaluate(model: SlotClassifier, batches: Iterable, objective: Objective, tta: str = "none",
+             step_model: Callable | None = None) -> dict[str, Any]:
     """Loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
 
+    ``step_model``: what runs the batches (a compiled ``model``; default ``model`` itself).
     ``tta`` other than 'none': the prediction is the argmax of the class probabilities averaged over the
     views of :func:`~slotlib.data.transforms.test_time_views`; the loss stays the plain view's objective,
     and ``acc_plain`` is the plain view's accuracy from the same pass (what the views add)."""
-    device = exp.device
-    was_training = exp.model.training
-    exp.model.eval()
-    k = len(exp.class_names)
+    run = step_model or model
+    device = objective.device
+    was_training = model.training
+    model.eval()
+    k = model.num_classes
     confusion = torch.zeros(k, k, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
     plain_right = torch.zeros((), dtype=torch.long, device=device)
-    for images, target in exp.loaders[split]:
-        target, logits, loss, _ = forward_loss(exp, model, images, target)
+    for images, target in batches:
+        target, logits, loss, _ = objective(run, images, target)
         loss_sum += loss * target.shape[0]
         if tta != "none":
             plain_right += (logits.argmax(1) == target).sum()
             views = test_time_views(images, tta)
             probs = logits.float().softmax(1)
             for view in views[1:]:   # the first view is the batch itself, whose logits are above
-                probs += forward(exp, model, view)[0].float().softmax(1)
+                probs += objective.forward(run, view)[0].float().softmax(1)
             logits = probs / len(views)
         confusion += torch.bincount(target * k + logits.argmax(1), minlength=k * k).view(k, k)
-    exp.model.train(was_training)
+    model.train(was_training)
     confusion = confusion.cpu()
     n = int(confusion.sum())
     result = {"loss": loss_sum.item() / n, "acc": float(confusion.diag().sum()) / n, "confusion": confusion.tolist()}

@@ -15,18 +15,14 @@ The names below are the package's interface; import them from ``slotlib.config``
 from .classify import (
                        DEFAULTS,
                        FIELDS,
-                       HASH_NEUTRAL,
                        HEADS,
                        HELP,
                        LOCAL_ONLY,
                        MIN_TOKENS,
-                       ONE_HEAD_ONLY,
                        OUTPUT_STRIDES,
                        PIPELINES,
                        PRECISIONS,
-                       SCOUTER_NORMS,
                        SECTIONS,
-                       SLOT_SCORES,
                        SLOTVIT_PREFIX,
                        TOKEN_NORMS,
                        TTAS,
@@ -55,8 +51,8 @@ from .params_file import (
 )
 
 __all__ = ["ALIASES", "DEFAULTS", "DEFAULT_NOTEBOOK", "DISCOVERY_BACKGROUNDS", "DISCOVERY_LOCAL_ONLY",
-           "DISCOVERY_SIZES", "FIELDS", "HASH_NEUTRAL", "HEADS", "HELP", "LOCAL_ONLY", "MIN_TOKENS", "NOTEBOOK_CONFIGS",
-           "NOTEBOOK_EXTRAS", "ONE_HEAD_ONLY", "OUTPUT_STRIDES", "PIPELINES", "PRECISIONS", "SCOUTER_NORMS", "SECTIONS",
-           "SLOTVIT_PREFIX", "SLOT_SCORES", "TOKEN_NORMS", "TOP_KEYS", "TTAS", "Cell", "Config", "ConfigError",
+           "DISCOVERY_SIZES", "FIELDS", "HEADS", "HELP", "LOCAL_ONLY", "MIN_TOKENS", "NOTEBOOK_CONFIGS",
+           "NOTEBOOK_EXTRAS", "OUTPUT_STRIDES", "PIPELINES", "PRECISIONS", "SECTIONS",
+           "SLOTVIT_PREFIX", "TOKEN_NORMS", "TOP_KEYS", "TTAS", "Cell", "Config", "ConfigError",
            "DataConfig", "DiscoveryConfig", "ModelConfig", "ParamsFile", "TrainConfig", "cell_id", "config_names",
            "from_namespace", "grid_products", "load_params_file", "parse_params", "parse_set"]

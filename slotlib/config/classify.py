@@ -1,8 +1,8 @@
-"""The classifier's parameters (train.ipynb): DataConfig, ModelConfig, TrainConfig, and Config holding the three.
+"""The classifier's parameters (train.ipynb): Config = DataConfig + ModelConfig + TrainConfig + the heads' own.
 
 Every parameter has one flat name (the names a papermill ``parameters`` cell uses, see
-``DESIGN.md``), a default, a type and a one-line help text, grouped into one frozen dataclass per
-concern.
+``docs/design.md``), a default, a type and a one-line help text, grouped into one frozen dataclass per
+concern; a head's own parameters are declared in its file (slotlib/heads/).
 """
 
 from __future__ import annotations
@@ -16,33 +16,15 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .fields import ConfigError, coerce, did_you_mean, param, require, type_hints, where_suffix
-
-HEADS = ("scouter", "slot", "linear")
-
-
-SCOUTER_NORMS = ("none", "scouter")
-
+from ..heads import DEFAULT_HEAD, HEADS, head_class, heads_help
+from .fields import HASHED, ConfigError, coerce, did_you_mean, param, require, type_hints, where_suffix
 
 TOKEN_NORMS = ("auto", "group", "none")
-
-
-SLOT_SCORES = ("per_class", "shared")
-
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STAGE2_BATCHNORMS = ("auto", "train", "frozen")
-
-
 PIPELINES = ("fast", "loader")
-
-
 TTAS = ("none", "flip", "dihedral")
-
-
 OUTPUT_STRIDES = (None, 32, 16, 8)
-
-
 SLOTVIT_PREFIX = "slotvit_"   # slotlib's own ViT backbones (classify/vit_variants.py): no pretrained weights
 MIN_TOKENS = 4   # tokens per side the auto output_stride keeps at least
 
@@ -57,13 +39,13 @@ class DataConfig:
     image_size: int = param(224, "input size in pixels: tiles are 64 px and are resized to this")
     eval_size: int | None = param(None, "input size in pixels for validation, test and the attention maps; null: "
                                         "image_size (a network trained on crops of a tile sees its objects larger "
-                                        "than in the whole tile resized to image_size: README, 'Evaluation size')")
+                                        "than in the whole tile resized to image_size: README, 'Evaluation size')", unhashed_at=None)
     batch_size: int = param(32, "images per optimiser step")
     augment: bool = param(True, "random resized crop, flip, rotation 15 deg, colour jitter 0.2 on training tiles")
     crop_scale: float = param(0.08, "smallest area fraction the random resized crop keeps (torchvision's and the "
-                                 "reference's 0.08 leaves 18 x 18 px of a 64 px tile)")
+                                 "reference's 0.08 leaves 18 x 18 px of a 64 px tile)", unhashed_at=0.08)
     dihedral: bool = param(False, "also turn training tiles by a random multiple of 90 deg: with the flip, all 8 "
-                               "symmetries of the square (overhead tiles have no up)")
+                               "symmetries of the square (overhead tiles have no up)", unhashed_at=False)
     num_workers: int = param(0, "DataLoader worker processes; 0 loads in the training process")
     pipeline: str = param("fast", "'fast' (tiles on the training device, batched augmentation there) or 'loader' "
                                "(per-tile transforms in a DataLoader)")
@@ -100,41 +82,21 @@ class ModelConfig:
                                          "(timm output_stride): 32, 16 or 8; null keeps the backbone's own unless "
                                          "that leaves fewer than 4 x 4 tokens, then the largest that does not "
                                          "(7 x 7 at 224 px; 4 x 4, not 2 x 2, at 64 px)")
-    head: str = param("scouter", "'scouter' (SCOUTER, sigmoid), 'slot' (Locatello, softmax over slots) or 'linear'")
-    hidden_dim: int = param(128, "channels after the 1x1 projection: the slot dimension D")
-    slots_per_class: int = param(1, "slots per class; a class's logit sums its slots")
-    slot_iters: int = param(5, "slot-attention iterations")
-    dropout: float = param(0.1, "dropout on the projected feature tokens before the head")
     drop_path: float = param(0.0, "stochastic depth rate inside the backbone")
-    scouter_sign: int = param(1, "+1 for SCOUTER+ (evidence for a class), -1 for SCOUTER- (evidence against)")
-    area_power: float = param(1.0, "the area loss is mean(attention) ** area_power")
-    scouter_norm: str = param("none", "SCOUTER's slot-token dot products: 'none' (scaled dot products, trains) or "
-                                   "'scouter' (the authors': each slot's row over its signed sum, times the total; "
-                                   "saturates the sigmoid and stalls)")
-    scouter_logit_scale: float = param(16.0, "SCOUTER's class logit is this times the channel mean of its slot's "
-                                             "attention-weighted tokens (the authors: 1, which learns slower than "
-                                             "the linear head: README, 'Slot heads')")
+    head: str = param(DEFAULT_HEAD, f"the classification head (slotlib/heads/): {heads_help()}")
+    hidden_dim: int = param(128, "channels after the 1x1 projection: the slot dimension D")
+    dropout: float = param(0.1, "dropout on the projected feature tokens before the head")
     token_norm: str = param("auto", "after the 1x1 projection and ReLU: 'group' (GroupNorm over channels and "
-                                 "positions), 'none', or 'auto' (none for scouter, whose logits read each token's "
-                                 "channel mean, which GroupNorm centres; group otherwise)")
-    slot_score: str = param("per_class", "slot head's class score: 'per_class' (slot k scored by class k's own linear "
-                                      "layer) or 'shared' (one linear layer for every slot; stalls near chance)")
+                                 "positions), 'none', or 'auto' (the head's own choice: none for scouter, whose "
+                                 "logits read each token's channel mean, which GroupNorm centres; group otherwise)")
 
     def __post_init__(self) -> None:
         require(self.head in HEADS, "head", self.head, f"one of {', '.join(HEADS)}")
         require(self.hidden_dim >= 4 and self.hidden_dim % 4 == 0, "hidden_dim", self.hidden_dim,
                  "a positive multiple of 4 (the sine position encoding splits it into x/y and sin/cos)")
-        require(self.slots_per_class >= 1, "slots_per_class", self.slots_per_class, "an integer >= 1")
-        require(self.slot_iters >= 1, "slot_iters", self.slot_iters, "an integer >= 1")
         require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
         require(0.0 <= self.drop_path < 1.0, "drop_path", self.drop_path, "a number in [0, 1)")
-        require(self.scouter_sign in (1, -1), "scouter_sign", self.scouter_sign, "1 (SCOUTER+) or -1 (SCOUTER-)")
-        require(self.area_power > 0, "area_power", self.area_power, "a number > 0")
-        require(self.scouter_norm in SCOUTER_NORMS, "scouter_norm", self.scouter_norm,
-                 f"one of {', '.join(SCOUTER_NORMS)}")
-        require(self.scouter_logit_scale > 0, "scouter_logit_scale", self.scouter_logit_scale, "a number > 0")
         require(self.token_norm in TOKEN_NORMS, "token_norm", self.token_norm, f"one of {', '.join(TOKEN_NORMS)}")
-        require(self.slot_score in SLOT_SCORES, "slot_score", self.slot_score, f"one of {', '.join(SLOT_SCORES)}")
         require(self.feature_stride is None or self.feature_stride >= 1, "feature_stride", self.feature_stride,
                  "null or a stride the backbone's feature_info offers (e.g. 8, 16, 32)")
         require(self.output_stride in OUTPUT_STRIDES, "output_stride", self.output_stride,
@@ -154,7 +116,6 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lambda_area: float = param(0.05, "weight of SCOUTER's area loss (scouter head only)")
     stage1_epochs: int = param(55, "epochs with the backbone frozen, training the head (0 skips stage 1)")
     stage1_lr: float = param(4e-4, "AdamW learning rate of stage 1")
     stage2_epochs: int = param(45, "epochs fine-tuning everything")
@@ -164,23 +125,22 @@ class TrainConfig:
                                           "statistics, kept as in inference: the features do not jump when "
                                           "fine-tuning starts on small batches) or 'auto' (frozen when the backbone "
                                           "starts from pretrained weights, train when from scratch, whose running "
-                                          "statistics were never estimated: README, 'Slot heads')")
+                                          "statistics were never estimated: README, 'Slot heads')", unhashed_at="train")
     weight_decay: float = param(0.01, "AdamW weight decay")
     grad_clip: float | None = param(1.0, "clip the gradient norm to this; null turns clipping off")
     label_smoothing: float = param(0.0, "label smoothing of the cross-entropy")
     tta: str = param("none", "test-time augmentation of the final evaluation of the best weights (the per-epoch "
                              "validation that picks them stays plain): 'none', 'flip' (2 views) or 'dihedral' (the 8 "
-                             "symmetries of the square); class probabilities are averaged over the views")
+                             "symmetries of the square); class probabilities are averaged over the views", unhashed_at="none")
     seed: int = param(0, "seed for python, numpy, torch and every generator")
     precision: str = param("auto", "'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'fp32', 'bf16' or 'fp16'")
     compile: bool = param(False, "torch.compile the model")
     device: str = param("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     explain_tiles: int = param(200, "test tiles for the explanation metrics (area, deletion/insertion AUC); 0 skips them")
     heatmap_tiles: int = param(2, "test tiles per class whose per-class attention maps the run writes to maps.npz "
-                                  "for the report's heatmaps; 0 writes none")
+                                  "for the report's heatmaps; 0 writes none", unhashed_at=2)
 
     def __post_init__(self) -> None:
-        require(self.lambda_area >= 0, "lambda_area", self.lambda_area, "a number >= 0")
         for stage in ("stage1", "stage2"):
             epochs, lr = getattr(self, f"{stage}_epochs"), getattr(self, f"{stage}_lr")
             require(epochs >= 0, f"{stage}_epochs", epochs, "an integer >= 0")
@@ -203,10 +163,22 @@ class TrainConfig:
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
+def _declared_in(cls: type, name: str) -> type:
+    """The class of ``cls``'s MRO that declares the field ``name`` (a head's Params may extend another's)."""
+    return next(c for c in reversed(cls.__mro__) if name in c.__dict__.get("__annotations__", {}))
+
+
 def _fields() -> dict[str, tuple[str, dataclasses.Field]]:
-    """Flat name -> (section, dataclass field), in declaration order."""
+    """Flat name -> (section, dataclass field), in declaration order: data, model, the heads' own, train.
+
+    A head's parameter's section is the ``section`` of the Params class that declares it ('scouter head';
+    'slot heads' for what both slot heads take); two heads may share a parameter that way."""
     out: dict[str, tuple[str, dataclasses.Field]] = {}
     for section, cls in SECTIONS.items():
+        if section == "train":
+            for head in HEADS.values():
+                for f in dataclasses.fields(head.Params):
+                    out.setdefault(f.name, (_declared_in(head.Params, f.name).__dict__["section"], f))
         for f in dataclasses.fields(cls):
             out[f.name] = (section, f)
     return out
@@ -226,25 +198,38 @@ HELP: dict[str, str] = {name: f.metadata["help"] for name, (_, f) in FIELDS.item
 LOCAL_ONLY = ("data_root", "num_workers")
 
 
-# Parameters added after cell ids were in use, with the value that computes what was computed
-# before they existed: at that value they stay out of the hash, so adding a parameter does not
-# orphan the cell folders of a grid already run (or half run). Any other value is hashed.
-HASH_NEUTRAL: dict[str, Any] = {"crop_scale": 0.08, "dihedral": False, "heatmap_tiles": 2, "stage2_batchnorm": "train",
-                                 "scouter_logit_scale": 1.0, "eval_size": None, "tta": "none"}
-
-
-# Parameters that only one head reads, by that head: for the other heads they stay out of the hash,
-# so changing such a parameter's default does not rename (orphan) the cells of heads it never touched.
-ONE_HEAD_ONLY: dict[str, str] = {"scouter_logit_scale": "scouter"}
-
-
 @dataclass(frozen=True)
 class Config:
-    """The resolved configuration of one run."""
+    """The resolved configuration of one run: every 'auto' is resolved, so each name has one value.
+
+    ``heads`` holds every registered head's parameters (name, Params), the chosen head's and the
+    others', as a parameters file gives them; ``head_params`` is the chosen head's.
+    """
 
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    heads: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        given = dict(self.heads)
+        heads = tuple((name, given.get(name) or cls.Params()) for name, cls in HEADS.items())
+        head = head_class(self.model.head)
+        model, train = self.model, self.train
+        if model.token_norm == "auto":
+            model = dataclasses.replace(model, token_norm=head.token_norm)
+        if train.stage2_batchnorm == "auto":
+            # frozen: a pretrained backbone keeps the running statistics it was trained with; from scratch
+            # they were never estimated, so they train
+            train = dataclasses.replace(train, stage2_batchnorm="frozen" if model.starts_pretrained else "train")
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "train", train)
+        object.__setattr__(self, "heads", heads)
+
+    @property
+    def head_params(self) -> Any:
+        """The chosen head's own parameters (its ``Params`` dataclass)."""
+        return dict(self.heads)[self.model.head]
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None = None, *, where: str = "") -> "Config":
@@ -257,35 +242,55 @@ class Config:
         merged = {**DEFAULTS, **params}
         if merged["data_root"] is None:
             merged["data_root"] = os.environ.get("EUROSAT_ROOT") or "./data"
-        hints = {name: type_hints(SECTIONS[section])[name] for name, (section, _) in FIELDS.items()}
-        values = {name: coerce(name, merged[name], hints[name], where) for name in FIELDS}
+        values = {name: coerce(name, merged[name], _hint(name), where) for name in FIELDS}
+
+        def build(dc: type) -> Any:
+            return dc(**{f.name: values[f.name] for f in dataclasses.fields(dc)})
+
         try:
-            return cls(**{section: SECTIONS[section](**{n: values[n] for n, (s, _) in FIELDS.items() if s == section})
-                          for section in SECTIONS})
+            return cls(**{section: build(dc) for section, dc in SECTIONS.items()},
+                       heads=tuple((name, build(head.Params)) for name, head in HEADS.items()))
         except ConfigError as err:
             raise ConfigError(f"{err}{where_suffix(where)}" if where else str(err)) from None
 
-    @property
-    def stage2_batchnorm(self) -> str:
-        """'train' or 'frozen': the train section's stage2_batchnorm with 'auto' resolved for the backbone."""
-        choice = self.train.stage2_batchnorm
-        if choice != "auto":
-            return choice
-        return "frozen" if self.model.starts_pretrained else "train"
+    def with_params(self, **changes: Any) -> "Config":
+        """This config with ``changes`` (flat names), validated and resolved again; a ``token_norm`` that was
+        the head's own choice stays the (new) head's own choice."""
+        return Config.from_params({**self.to_params(auto=True), **changes})
 
-    def to_params(self) -> dict[str, Any]:
-        """Flat name -> value, YAML/JSON friendly (tuples become lists)."""
+    def to_params(self, *, auto: bool = False) -> dict[str, Any]:
+        """Flat name -> value, YAML/JSON friendly (tuples become lists), every parameter in FIELDS order.
+
+        ``auto``: ``token_norm`` as 'auto' where it is the head's own choice."""
+        sources = [self.data, self.model, self.train, *(p for _, p in self.heads)]
         out: dict[str, Any] = {}
-        for section in SECTIONS:
-            for name, value in dataclasses.asdict(getattr(self, section)).items():
-                out[name] = list(value) if isinstance(value, tuple) else value
+        for name in FIELDS:
+            value = getattr(next(s for s in sources if hasattr(s, name)), name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        if auto and out["token_norm"] == head_class(self.model.head).token_norm:
+            out["token_norm"] = "auto"
         return out
 
     def digest(self) -> str:
-        """Short hash of every parameter that changes what is computed."""
-        head = self.model.head
-        # 'auto' is hashed as what it resolves to: the cells it computes as 'train' or 'frozen' did keep their ids
-        params = {k: v for k, v in {**self.to_params(), "stage2_batchnorm": self.stage2_batchnorm}.items()
-                  if k not in LOCAL_ONLY and not (k in HASH_NEUTRAL and v == HASH_NEUTRAL[k])
-                  and ONE_HEAD_ONLY.get(k, head) == head}
+        """Short hash of every parameter that changes what is computed (docs/design.md, "Cell ids").
+
+        Left out: where things are (LOCAL_ONLY); a parameter at its ``unhashed_at`` value; another head's
+        parameter unless it is ``hashed_for_every_head``. ``token_norm`` at the head's own choice is
+        hashed as 'auto', and ``stage2_batchnorm`` as what 'auto' resolved to.
+        """
+        own = {f.name for f in dataclasses.fields(head_class(self.model.head).Params)}
+        params = {}
+        for name, value in self.to_params(auto=True).items():
+            section, f = FIELDS[name]
+            if name in LOCAL_ONLY or (f.metadata["unhashed_at"] is not HASHED and value == f.metadata["unhashed_at"]):
+                continue
+            if section not in SECTIONS and name not in own and not f.metadata["hashed_for_every_head"]:
+                continue
+            params[name] = value
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _hint(name: str) -> Any:
+    section, f = FIELDS[name]
+    owner = SECTIONS.get(section) or next(h.Params for h in HEADS.values() if name in type_hints(h.Params))
+    return type_hints(owner)[name]

@@ -18,11 +18,22 @@ class ConfigError(ValueError):
     """Bad parameters: the message is one sentence naming the key and what is valid."""
 
 
-def param(default: Any, help: str) -> Any:
-    """A dataclass field carrying its one-line help text."""
+HASHED = object()   # a parameter's ``unhashed_at`` when every value of it is hashed
+
+
+def param(default: Any, help: str, *, unhashed_at: Any = HASHED, hashed_for_every_head: bool = False) -> Any:
+    """A dataclass field carrying its one-line help text, and how the cell hash treats it.
+
+    ``unhashed_at``: a parameter added after cell ids were in use stays out of the hash at the value that
+    computes what was computed before it existed, so adding it renames (orphans) no cell folder.
+    ``hashed_for_every_head``: a head's parameter that is hashed for the other heads' cells too (at its
+    value), as it was when every parameter was shared; a head's newer parameters are hashed for its own
+    cells only, so changing one renames no cell of another head (docs/design.md, "Cell ids").
+    """
     if isinstance(default, (list, dict)):
         raise TypeError("mutable defaults are not allowed")
-    return field(default=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help, "unhashed_at": unhashed_at,
+                                            "hashed_for_every_head": hashed_for_every_head})
 
 
 def did_you_mean(name: str, names: Any) -> str:

@@ -1,14 +1,13 @@
-"""Slot attention, shared by both applications: SCOUTER's classification slots and Locatello's slot attention.
+"""Locatello et al.'s slot attention, shared by both applications: the slot head and the object-discovery autoencoder.
 
 Shape letters, used in every comment and einsum below:
     B batch, N tokens (H*W of the feature map), S slots, D dim, K classes, P slots per class (S = K*P).
 
 Every module maps tokens ``x [B,N,D]`` (and their position encoding) to slots and attention
-``attn [B,S,N]`` and owns no parameter its forward pass does not use.
+``attn [B,S,N]`` and owns no parameter its forward pass does not use. SCOUTER's sigmoid slot attention,
+which only the classifier uses, is its head's own (slotlib/heads/scouter.py).
 
 References:
-    Li et al., "SCOUTER: Slot Attention-based Classifier for Explainable Image Recognition", ICCV 2021;
-        code wbw520/scouter, sloter/utils/slot_attention.py.
     Locatello et al., "Object-Centric Learning with Slot Attention", NeurIPS 2020;
         code google-research/google-research slot_attention/model.py, lucidrains/slot-attention.
     Jia, Liu & Huang, "Improving Object-centric Learning with Query Optimization" (BO-QSA), ICLR 2023.
@@ -20,72 +19,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-class ScouterSlotAttention(nn.Module):
-    """SCOUTER: one learned slot per class (or P), sigmoid attention, logits from the slot updates.
-
-    As the authors' code: fixed learned initial slots, keys from an MLP of the position encoded
-    tokens, the tokens themselves as values (no value projection), no query projection (the slots
-    are the queries), a GRU update, and the class logit as the channel sum of the last iteration's
-    updates.
-
-    ``rescale`` chooses the dot products fed to the sigmoid. ``'scouter'`` is the authors'
-    rescaling: each slot's row divided by its own (signed) sum and multiplied by the sum over all
-    slots. It makes the values large (their sum over a row is the grand total), so the sigmoid
-    saturates and no gradient flows; when a row sum nears zero they explode. On frozen ImageNet
-    features of EuroSAT it stays near chance (README, "Slot heads"). ``'none'`` (the default)
-    feeds the plain scaled dot products ``slot . key / sqrt(D)``, as every other attention does.
-
-    ``logit_scale`` multiplies the logits (the authors: 1). A logit is an attention-weighted sum of
-    the tokens' channel means, so it spans a narrow range and cross-entropy's gradient reaches
-    the attention weakly; a larger scale widens it (README, "Slot heads").
-    """
-
-    def __init__(self, num_classes: int, dim: int, slots_per_class: int = 1, iters: int = 5,
-                 sign: int = 1, key_layers: int = 1, rescale: str = "none", logit_scale: float = 1.0,
-                 eps: float = 1e-6) -> None:
-        super().__init__()
-        if rescale not in ("none", "scouter"):
-            raise ValueError(f"rescale must be 'none' or 'scouter', got {rescale!r}")
-        self.num_classes, self.slots_per_class, self.iters, self.sign = num_classes, slots_per_class, iters, sign
-        self.rescale, self.logit_scale, self.eps = rescale, logit_scale, eps
-        self.scale = dim ** -0.5
-        num_slots = num_classes * slots_per_class
-        # SCOUTER draws the initial slots once from N(mu, sigma) and then learns them directly;
-        # |sigma| keeps a negative draw of sigma from being an invalid standard deviation.
-        mu, sigma = torch.randn(1, 1, dim), torch.randn(1, 1, dim)
-        self.initial_slots = nn.Parameter(mu + sigma.abs() * torch.randn(1, num_slots, dim))  # [1,S,D]
-        layers: list[nn.Module] = [nn.Linear(dim, dim)]
-        for _ in range(key_layers - 1):
-            layers += [nn.ReLU(inplace=True), nn.Linear(dim, dim)]
-        self.to_k = nn.Sequential(*layers)
-        self.gru = nn.GRUCell(dim, dim)
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, n, d = x.shape
-        k = self.to_k(x + pos)                                          # [B,N,D] keys see position
-        slots = self.initial_slots.expand(b, -1, -1)                    # [B,S,D]
-        for _ in range(self.iters):
-            dots = torch.einsum("bsd,bnd->bsn", slots, k) * self.scale  # [B,S,N]
-            if self.rescale == "scouter":
-                dots = self.scouter_rescale(dots)                       # [B,S,N]
-            attn = dots.sigmoid()                                       # [B,S,N] no competition between slots
-            updates = torch.einsum("bsn,bnd->bsd", attn, x) / d         # [B,S,D] values are the raw tokens
-            slots = self.gru(updates.reshape(-1, d), slots.reshape(-1, d)).view(b, -1, d)  # [B,S,D]
-        per_class = updates.view(b, self.num_classes, self.slots_per_class, d)        # [B,K,P,D]
-        logits = self.sign * self.logit_scale * per_class.sum((2, 3))   # [B,K] a class's slots add up
-        return logits, attn
-
-    def scouter_rescale(self, dots: torch.Tensor) -> torch.Tensor:
-        """The authors' normalisation of ``dots [B,S,N]``: each slot's row over its own sum, times the total.
-
-        A row sum can cross zero (few tokens make it likely); it is kept eps away, with its sign,
-        so the division stays finite. The authors' code returns inf/NaN there.
-        """
-        row = dots.sum(2, keepdim=True)                                             # [B,S,1]
-        row = torch.where(row.abs() < self.eps, torch.full_like(row, self.eps).copysign(row), row)
-        return dots / row * dots.sum((1, 2), keepdim=True)                          # [B,S,N]
 
 
 class SlotAttention(nn.Module):

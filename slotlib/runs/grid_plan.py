@@ -75,14 +75,14 @@ def safe_status(cell_dir: Path) -> tuple[str, str | None]:
 
 def validate_cells(cells: list[Cell]) -> None:
     """Build each distinct classifier once (no weights) and run it at its image size, before any cell starts."""
-    models = {(c.config.model, c.config.data.image_size, c.config.data.eval_size) for c in cells
-              if isinstance(c.config, Config)}
+    models = {(c.config.model, c.config.head_params, c.config.data.image_size, c.config.data.eval_size)
+              for c in cells if isinstance(c.config, Config)}
     if not models:
         return
     from ..classify.model import check_builds
 
-    for model, image_size, eval_size in sorted(models, key=str):
-        check_builds(model, image_size, eval_size=eval_size)
+    for model, head_params, image_size, eval_size in sorted(models, key=str):
+        check_builds(model, image_size, eval_size=eval_size, head_params=head_params)
 
 
 def check_weights_of(cells: list[Cell]) -> None:

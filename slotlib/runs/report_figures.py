@@ -139,7 +139,10 @@ def heatmap_mosaic(maps: dict[str, np.ndarray], rows: list[int], bounded: bool, 
     return out
 
 
-BOUNDED_HEADS = ("scouter", "slot")   # attention in [0, 1] (sigmoid; softmax over slots): drawn on that fixed scale
+def attention_bounded(maps: dict[str, np.ndarray]) -> bool:
+    """Whether the head's maps lie in [0, 1] (sigmoid; softmax over slots), so they are drawn on that fixed
+    scale (the head's ``bounded_attention``, which maps.npz records)."""
+    return bool(maps["bounded"]) if "bounded" in maps else False
 
 
 def plot_heatmaps(maps: dict[str, np.ndarray], title: str, per_class: int = 1):
@@ -154,8 +157,8 @@ def plot_heatmaps(maps: dict[str, np.ndarray], title: str, per_class: int = 1):
     labels, preds, probs = maps["labels"], maps["preds"], maps["probs"].astype(float)
     k = len(names)
     rows = [int(i) for c in range(k) for i in np.flatnonzero(labels == c)[:per_class]]
-    bounded = str(maps.get("head", "")) in BOUNDED_HEADS
-    mosaic = heatmap_mosaic(maps, rows, bounded)
+    is_bounded = attention_bounded(maps)
+    mosaic = heatmap_mosaic(maps, rows, is_bounded)
     cell = mosaic.shape[1] / (k + 1)
     fig, ax = plt.subplots(figsize=(1.0 * (k + 1) + 2.2, 1.0 * len(rows) + 1.2))
     ax.imshow(mosaic, interpolation="nearest")
@@ -171,7 +174,7 @@ def plot_heatmaps(maps: dict[str, np.ndarray], title: str, per_class: int = 1):
     ax.set_title(title, fontsize=10)
     norm = matplotlib.colors.Normalize(0, 1)
     bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="jet"), ax=ax, fraction=0.025, pad=0.01)
-    bar.set_label("attention" if bounded else "class activation, 0 to the tile's largest", fontsize=8)
+    bar.set_label("attention" if is_bounded else "class activation, 0 to the tile's largest", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -183,15 +186,15 @@ def plot_mean_maps(maps: dict[str, np.ndarray], title: str):
     names = [str(n) for n in maps["class_names"]]
     mean = maps["mean_maps"].astype(float)
     fig, axes = plt.subplots(1, len(names), figsize=(1.1 * len(names) + 1, 1.9), squeeze=False)
-    bounded = str(maps.get("head", "")) in BOUNDED_HEADS
-    vmax = 1.0 if bounded else (float(np.nanmax(mean)) if np.isfinite(mean).any() else 1.0)
+    is_bounded = attention_bounded(maps)
+    vmax = 1.0 if is_bounded else (float(np.nanmax(mean)) if np.isfinite(mean).any() else 1.0)
     for c, ax in enumerate(axes[0]):
         image = ax.imshow(mean[c], cmap="viridis", vmin=0, vmax=vmax or 1.0)
         ax.set_title(names[c], fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     h, w = mean.shape[-2:]
-    fig.colorbar(image, ax=list(axes[0]), label="mean attention" if bounded else "mean class activation",
+    fig.colorbar(image, ax=list(axes[0]), label="mean attention" if is_bounded else "mean class activation",
                  fraction=0.02)
     fig.suptitle(f"{title}: each class's map, mean over its test tiles ({h} x {w} tokens)", fontsize=9)
     return fig
