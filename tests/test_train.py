@@ -326,3 +326,17 @@ def test_stage2_batchnorm_frozen_keeps_the_running_statistics(batchnorm):
     assert unchanged == (batchnorm == "frozen")
     assert bns[0].weight.grad is not None          # the BatchNorm's affine weights still train
 
+
+def test_a_new_best_becomes_best_pt_only_once_last_pt_records_its_epoch(tmp_path):
+    """A run killed between saving a new best epoch's weights and last.pt must not resume with a best.pt that
+    last.pt does not know (it took a stage-2 epoch's weights for the best stage-1 ones: found by
+    test_resume_after_sigkill_matches_an_uninterrupted_run)."""
+    from slotlib.classify.fit import BEST_NEXT, RunState, settle_best
+
+    (tmp_path / "best.pt").write_text("stage 1, epoch 1")
+    (tmp_path / BEST_NEXT).write_text("stage 2, epoch 1")
+    settle_best(tmp_path, RunState(stage=1, epoch=2, best_stage=1, best_epoch=1))   # killed before last.pt
+    assert (tmp_path / "best.pt").read_text() == "stage 1, epoch 1" and not (tmp_path / BEST_NEXT).exists()
+    (tmp_path / BEST_NEXT).write_text("stage 2, epoch 1")
+    settle_best(tmp_path, RunState(stage=2, epoch=1, best_stage=2, best_epoch=1))   # last.pt written
+    assert (tmp_path / "best.pt").read_text() == "stage 2, epoch 1" and not (tmp_path / BEST_NEXT).exists()

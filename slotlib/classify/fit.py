@@ -174,7 +174,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         state.train_images += result.images
         if val["acc"] > state.best_val_acc:
             state.best_val_acc, state.best_stage, state.best_epoch = val["acc"], plan.index, epoch
-            save_torch_atomic(exp.model.state_dict(), out / "best.pt")
+            save_torch_atomic(exp.model.state_dict(), out / BEST_NEXT)   # best.pt once last.pt knows it
         if plan.index == 1:
             state.stage1_best_val_acc = max(state.stage1_best_val_acc or 0.0, val["acc"])
         write_history(out / "history.csv", state.history)
@@ -184,6 +184,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
                            "scaler": scaler.state_dict() if scaler is not None else None,
                            "state": state.__dict__,
                            "wall_seconds": wall_before + time.perf_counter() - wall_start}, out / "last.pt")
+        settle_best(out, state)
         on_epoch()
         collapse = collapse_of(cfg, plan, epoch, result)
         if collapse is not None:  # recorded in history.csv (the row above) and metrics.json (fit)
@@ -192,10 +193,28 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
                            best=f"{state.best_val_acc:.3f}")
 
 
+# A new best epoch's weights go to BEST_NEXT first and become best.pt only after last.pt records that
+# epoch: a run killed in between would otherwise resume with a best.pt that last.pt does not know (a
+# stage-2 epoch's weights taken for the best stage-1 ones when stage 2 starts).
+BEST_NEXT = "best.next.pt"
+
+
+def settle_best(out: Path, state: RunState) -> None:
+    """best.next.pt becomes best.pt when ``state`` (what last.pt holds) names its epoch as the best, else it
+    is dropped: the epoch that wrote it was not finished."""
+    pending = out / BEST_NEXT
+    if pending.exists():
+        if state.best_stage and (state.best_stage, state.best_epoch) == (state.stage, state.epoch):
+            os.replace(pending, out / "best.pt")
+        else:
+            pending.unlink()
+
+
 def load_resume(exp: Experiment, metrics: dict) -> tuple[RunState, dict | None]:
     """RunState and the checkpoint from last.pt, or a fresh state. Refuses a checkpoint of other parameters."""
     path = exp.out_dir / "last.pt"
     if not path.exists():
+        settle_best(exp.out_dir, RunState())
         return RunState(), None
     ckpt = load_checkpoint(path, exp.device)
     if not isinstance(ckpt, dict) or not {"model", "state"} <= set(ckpt):
@@ -206,6 +225,7 @@ def load_resume(exp: Experiment, metrics: dict) -> tuple[RunState, dict | None]:
     check_same_data(exp, ckpt, metrics)   # metrics: the folder's metrics.json, read once by the caller
     exp.model.load_state_dict(ckpt["model"])
     state = RunState(**ckpt["state"])
+    settle_best(exp.out_dir, state)
     return state, ckpt
 
 
