@@ -36,9 +36,6 @@ from .folder import DamagedRunFile, read_metrics
 from .grid_plan import NOTEBOOKS, begin_grid, count_cell_parameters, plan_grid, safe_status
 from .status import done_detail
 
-TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
-
-
 CELL_LOG = "log.txt"
 
 
