@@ -63,3 +63,16 @@ def test_train_notebook_runs_through_papermill(tiny_root, isolated_cache, tmp_pa
     executed = nbformat.read(out_dir / "train.ipynb", as_version=4)
     images = sum(1 for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {}))
     assert images >= 5  # tiles, curves, confusion, per-class, attention
+
+
+def test_kernels_start_without_the_unencrypted_tcp_warning(tmp_path, capfd):
+    """Every kernel papermill started warned "Kernel is running over TCP without encryption" into each
+    cell's log; execute_notebook now has jupyter_client give it CurveZMQ keys (issue 31)."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell("print('x is', x)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "tiny.ipynb")
+    executed = execute_notebook(tmp_path / "tiny.ipynb", tmp_path / "out.ipynb", {"x": 2}, cwd=tmp_path)
+    assert executed.cells[-1].outputs[0]["text"] == "x is 2\n"
+    captured = capfd.readouterr()   # the kernel process writes to this process's stderr
+    assert "without encryption" not in captured.err + captured.out
