@@ -1,7 +1,7 @@
 """Reading a cell folder: the one place that does (status, report, resume and the grid all use it).
 
 A cell folder holds ``params.yaml``, ``history.csv``, ``metrics.json`` (``status``: running,
-done or failed), ``best.pt`` and ``last.pt`` (DESIGN.md, "One cell's folder"). A file that is
+done or failed), ``best.pt`` and ``last.pt`` (docs/design.md, "One cell's folder"). A file that is
 there but cannot be read is a :class:`DamagedRunFile`, which names the file and what to do; the
 grid's status and report list that cell with its problem and carry on with the others.
 """
