@@ -117,3 +117,42 @@ def test_open_run_with_another_device_setting(tiny_run):
     out, _ = tiny_run
     exp = explain.open_run(out, device="auto")
     assert exp.device.type in ("cpu", "cuda", "mps")
+
+
+def test_best_finished_cell_picks_the_highest_validation_accuracy(tmp_path):
+    import json
+
+    from slotlib.config import ConfigError
+    from slotlib.runs.folder import best_finished_cell
+
+    cells = {"a": ("done", 0.5), "b": ("done", 0.8), "c": ("done", 0.8), "d": ("failed", 0.9),
+             "e": ("running", 0.95), "g": ("done", None)}
+    for name, (status, acc) in cells.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"status": status, "best_val_acc": acc}))
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "metrics.json").write_text("{garbage")   # damaged: passed over
+    assert best_finished_cell(tmp_path) == tmp_path / "b"        # a tie goes to the first by name
+    for empty in (tmp_path / "b", tmp_path / "nowhere"):
+        with pytest.raises(ConfigError, match=r"^no finished cell in .*: run `make demo` first"):
+            best_finished_cell(empty)
+
+
+def test_attention_notebook_opens_the_best_cell_of_a_demo_like_grid(tiny_root, isolated_cache, tmp_path):
+    """run_dir = None (the default): attention.ipynb opens the best finished cell of grid_dir, as it does
+    for outputs/demo after `make demo`, whose cell ids change with the defaults (issue 31)."""
+    import nbformat
+    from test_grid import grid_file   # tests/test_grid.py's tiny grids
+
+    from slotlib.runs.folder import best_finished_cell
+    from slotlib.runs.grid import run_grid
+
+    grid = tmp_path / "demo"
+    final = run_grid(grid_file(tmp_path, tiny_root, {"head": ["scouter", "slot"]}), grid, jobs=2, echo=print)
+    assert sorted(final.values()) == ["done", "done"]
+    execute_notebook(NOTEBOOKS / "attention.ipynb", tmp_path / "attention.ipynb",
+                     {"grid_dir": str(grid), "n_tiles": 2, "max_tiles": 30, "device": "cpu"})
+    executed = nbformat.read(tmp_path / "attention.ipynb", as_version=4)
+    shown = [o["data"]["text/markdown"] for c in executed.cells if c.cell_type == "code" for o in c.outputs
+             if "text/markdown" in o.get("data", {})]
+    assert shown and shown[0].startswith(f"**{best_finished_cell(grid).name}**")

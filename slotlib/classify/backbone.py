@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
+import re
 
 import timm
 import torch
@@ -57,14 +59,13 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
         kwargs["pretrained_cfg_overlay"] = {"file": path}
         source = f"{WEIGHTS_ENV} file {path!r}"
     try:
-        return _finish(timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
-                                                       **kwargs))
+        return _finish(_create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,), **kwargs))
     except TypeError as err:
         if "output_stride" not in str(err):
             raise
         if cfg.output_stride is None:   # auto: a backbone that cannot dilate keeps its own stride
-            return _finish(timm.create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
-                                                           **{k: v for k, v in kwargs.items() if k != "output_stride"}))
+            return _finish(_create_model(cfg.backbone, pretrained=use_weights, out_indices=(index,),
+                                         **{k: v for k, v in kwargs.items() if k != "output_stride"}))
         raise ConfigError(f"parameter 'output_stride' is {output_stride}, but timm '{cfg.backbone}' cannot dilate "
                           f"its stages (its constructor takes no output_stride); leave output_stride: null") from None
     except OSError as err:  # the hub could not be reached and nothing is cached
@@ -75,6 +76,49 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
     except RuntimeError as err:  # state_dict keys or shapes do not fit
         raise ConfigError(f"weights in {source} do not fit timm '{cfg.backbone}': "
                           f"{str(err).splitlines()[0]}") from None
+
+
+TIMM_LOAD_LOG = "timm.models._builder"   # the logger of timm's load_pretrained
+_UNEXPECTED_KEYS = re.compile(r"Unexpected keys \((.*)\) found while loading pretrained weights")
+
+
+class _HoldUnexpectedKeys(logging.Filter):
+    """Holds back timm's "Unexpected keys (...) found while loading pretrained weights" records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[logging.LogRecord, list[str]]] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _UNEXPECTED_KEYS.match(record.getMessage())
+        if found:
+            self.held.append((record, found.group(1).split(", ")))
+        return not found
+
+
+def _create_model(*args, **kwargs) -> nn.Module:
+    """``timm.create_model`` without the warning a ``features_only`` load gives for the classifier
+    head the model leaves out (mobilenetv2: ``Unexpected keys (conv_head.weight, bn2.weight, ...)``).
+
+    Only a key under a module the built model does not have is expected; a message naming any other key
+    (weights of another architecture, a renamed layer) is logged as timm wrote it, as is every other one.
+    """
+    log = logging.getLogger(TIMM_LOAD_LOG)
+    hold = _HoldUnexpectedKeys()
+    log.addFilter(hold)
+    model = None
+    try:
+        model = timm.create_model(*args, **kwargs)
+        return model
+    finally:
+        log.removeFilter(hold)
+        for record, keys in hold.held:
+            if model is None or any(_has_part(model, key.split(".")[0]) for key in keys):
+                log.handle(record)
+
+
+def _has_part(model: nn.Module, name: str) -> bool:
+    return name in model._modules or name in model._parameters or name in model._buffers
 
 
 def _finish(model: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """Reading a cell folder: the one place that does (status, report, resume and the grid all use it).
 
 A cell folder holds ``params.yaml``, ``history.csv``, ``metrics.json`` (``status``: running,
-done or failed), ``best.pt`` and ``last.pt`` (DESIGN.md, "One cell's folder"). A file that is
+done or failed), ``best.pt`` and ``last.pt`` (docs/design.md, "One cell's folder"). A file that is
 there but cannot be read is a :class:`DamagedRunFile`, which names the file and what to do; the
 grid's status and report list that cell with its problem and carry on with the others.
 """
@@ -159,3 +159,23 @@ def grid_copies(out_root: str | os.PathLike) -> list[Path]:
     first = out_root / GRID_COPY
     added = sorted(out_root.glob("grid-added-*.yaml"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
     return ([first] if first.exists() else []) + added
+
+
+def best_finished_cell(grid_dir: str | os.PathLike) -> Path:
+    """The folder of a grid's best finished cell: status ``done``, highest ``best_val_acc``, ties to the
+    first by name (attention.ipynb opens it when ``run_dir`` is None). Damaged cells are passed over."""
+    grid_dir = Path(grid_dir)
+    best: tuple[float, Path] | None = None
+    for cell in cell_dirs(grid_dir) if grid_dir.is_dir() else []:
+        try:
+            metrics = read_metrics(cell) or {}
+        except DamagedRunFile:
+            continue
+        acc = metrics.get("best_val_acc")
+        if metrics.get("status") == "done" and isinstance(acc, (int, float)) and not math.isnan(acc):
+            if best is None or acc > best[0]:
+                best = (acc, cell)
+    if best is None:
+        raise ConfigError(f"no finished cell in {grid_dir}: run `make demo` first (it writes outputs/demo), "
+                          f"or set run_dir to a finished cell's folder")
+    return best[1]

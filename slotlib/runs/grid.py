@@ -36,9 +36,6 @@ from .folder import DamagedRunFile, read_metrics
 from .grid_plan import NOTEBOOKS, begin_grid, count_cell_parameters, plan_grid, safe_status
 from .status import done_detail
 
-TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
-
-
 CELL_LOG = "log.txt"
 
 
@@ -52,6 +49,16 @@ def kernel_env() -> dict[str, str]:
     return {"JUPYTER_PATH": os.pathsep.join([own, *rest])}
 
 
+def kernel_config() -> Any:
+    """jupyter_client settings for the kernels papermill starts: CurveZMQ keys for a kernel whose spec
+    supports them (this environment's ipykernel does). Without them every kernel warns that it "is
+    running over TCP without encryption" in each cell's log; with them it is encrypted, so the warning
+    is answered, not hidden, and a kernel that cannot encrypt still says so."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
+
+
 def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, parameters: dict[str, Any], *,
                      cwd: str | os.PathLike | None = None, log_output: bool = False,
                      start_timeout: int = 180) -> Any:
@@ -62,7 +69,7 @@ def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike, par
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     return pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
                                cwd=str(cwd or Path(notebook).parent), log_output=log_output, progress_bar=False,
-                               start_timeout=start_timeout)
+                               start_timeout=start_timeout, config=kernel_config())
 
 
 def record_failure(cell: Cell, cell_dir: Path, error: str) -> None:
