@@ -30,14 +30,9 @@ PLACEHOLDER = re.compile(r"[*<{]|NAME|\.\.\.")
 # (branch wt-docs) brings into docs/. Remove the entry once that branch is merged.
 ADDED_ELSEWHERE = {"docs/design.md"}
 
-# Stale references in files this branch does not edit (README.md is rewritten on wt-docs, bench.py
-# refactored on main), each fixed there: (file, reference). The test fails once one is gone, so that
-# the entry is removed with the merge that fixes it.
-PENDING = {
-    ("slotlib/classify/bench.py", "benchmarks/cells_per_gpu.sh"),   # the script is cells_per_gpu.py
-    ("slotlib/classify/fit.py", "DESIGN.md"),                        # now docs/design.md
-    ("slotlib/config/classify.py", "DESIGN.md"),                     # now docs/design.md
-}
+# Stale references waiting for a fix elsewhere: (file, reference). The test fails once one is gone, so
+# that the entry is removed with the change that fixes it.
+PENDING: set[tuple[str, str]] = set()
 
 
 def doc_texts() -> dict[str, str]:
