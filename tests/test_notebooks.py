@@ -57,7 +57,7 @@ def test_notebook_namespace_rejects_unknown_names():
         from_namespace({"slot_iter": 3, "out_dir": "x"})
     config, extras = from_namespace({"slot_iters": 3, "out_dir": "x", "np": __import__("numpy"),
                                      "In": [], "_": None, "display": print})
-    assert config.model.slot_iters == 3 and extras == {"out_dir": "x"}
+    assert config.head_params.slot_iters == 3 and extras == {"out_dir": "x"}
 
 
 def test_train_notebook_runs_through_papermill(tiny_root, isolated_cache, tmp_path, monkeypatch):

@@ -181,7 +181,7 @@ def test_default_heads_separate_separable_classes(make, seed):
     """Every head with its defaults learns four clearly separable classes of tokens in 300 steps.
 
     Before the defaults changed, SCOUTER (the authors' rescaling) reached 24-75% here, and on
-    frozen EuroSAT features both slot heads stayed near chance (README, "Slot heads").
+    frozen EuroSAT features both slot heads stayed near chance (docs/results.md, "Slot heads").
     """
     torch.manual_seed(seed)
     head = make()

@@ -92,7 +92,8 @@ class Objective:
         the model under autocast: (logits [B,K], attn [B,S,N])."""
         fmt = torch.channels_last if channels_last(self.device) else torch.preserve_format
         images = images.to(self.device, non_blocking=True, memory_format=fmt)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        dtype = self.amp_dtype or torch.float32
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None):
             return model(images)
 
     def __call__(self, model: Callable, images: torch.Tensor, target: torch.Tensor):

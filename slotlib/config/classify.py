@@ -39,7 +39,8 @@ class DataConfig:
     image_size: int = param(224, "input size in pixels: tiles are 64 px and are resized to this")
     eval_size: int | None = param(None, "input size in pixels for validation, test and the attention maps; null: "
                                         "image_size (a network trained on crops of a tile sees its objects larger "
-                                        "than in the whole tile resized to image_size: README, 'Evaluation size')", unhashed_at=None)
+                                        "than in the whole tile resized to image_size: docs/results.md, 'Token map')",
+                                  unhashed_at=None)
     batch_size: int = param(32, "images per optimiser step")
     augment: bool = param(True, "random resized crop, flip, rotation 15 deg, colour jitter 0.2 on training tiles")
     crop_scale: float = param(0.08, "smallest area fraction the random resized crop keeps (torchvision's and the "
@@ -125,13 +126,15 @@ class TrainConfig:
                                           "statistics, kept as in inference: the features do not jump when "
                                           "fine-tuning starts on small batches) or 'auto' (frozen when the backbone "
                                           "starts from pretrained weights, train when from scratch, whose running "
-                                          "statistics were never estimated: README, 'Slot heads')", unhashed_at="train")
+                                          "statistics were never estimated: docs/results.md, 'Slot heads')",
+                                  unhashed_at="train")
     weight_decay: float = param(0.01, "AdamW weight decay")
     grad_clip: float | None = param(1.0, "clip the gradient norm to this; null turns clipping off")
     label_smoothing: float = param(0.0, "label smoothing of the cross-entropy")
     tta: str = param("none", "test-time augmentation of the final evaluation of the best weights (the per-epoch "
                              "validation that picks them stays plain): 'none', 'flip' (2 views) or 'dihedral' (the 8 "
-                             "symmetries of the square); class probabilities are averaged over the views", unhashed_at="none")
+                             "symmetries of the square); class probabilities are averaged over the views",
+                     unhashed_at="none")
     seed: int = param(0, "seed for python, numpy, torch and every generator")
     precision: str = param("auto", "'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'fp32', 'bf16' or 'fp16'")
     compile: bool = param(False, "torch.compile the model")

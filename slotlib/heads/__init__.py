@@ -12,7 +12,8 @@ A new head is one file here, a ``Head`` subclass with ``@register_head(name)``, 
 from . import scouter  # noqa: F401  isort: skip
 from . import slot  # noqa: F401  isort: skip
 from . import linear  # noqa: F401  isort: skip
-from .registry import DEFAULT_HEAD, HEADS, Head, NoParams, SlotsParams, head_class, head_names, heads_help, register_head
+from .registry import (DEFAULT_HEAD, HEADS, Head, NoParams, SlotsParams, head_class, head_names, heads_help,
+                       register_head)
 
 __all__ = ["DEFAULT_HEAD", "HEADS", "Head", "NoParams", "SlotsParams", "head_class", "head_names", "heads_help",
            "register_head"]
