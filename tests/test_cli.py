@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_describe_reference_best(capsys):
     assert main(["describe", str(ROOT / "params/reference_best.yaml")]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n_params"] == 2_647_153  # SCOUTER tokens skip the GroupNorm (token_norm auto)
+    assert out["n_params"] == 2_647_153  # SCOUTER tokens skip the GroupNorm (token_norm auto: rms)
     assert out["n_trainable_stage1"] == out["n_params_head"] == 166_144
     assert out["n_trainable_stage2"] == out["n_params"]
     assert out["params"]["lambda_area"] == 0.05 and len(out["cells"]) == 1

@@ -48,7 +48,7 @@ def test_model_config_holds_what_every_head_reads_and_no_more():
 def test_auto_settings_are_resolved_in_the_config():
     """One name, one value: the config holds what 'auto' resolved to, for the head and the backbone."""
     scouter, slot = Config.from_params({"head": "scouter"}), Config.from_params({"head": "slot", "pretrained": False})
-    assert (scouter.model.token_norm, slot.model.token_norm) == ("none", "group")
+    assert (scouter.model.token_norm, slot.model.token_norm) == ("rms", "group")
     assert (scouter.train.stage2_batchnorm, slot.train.stage2_batchnorm) == ("frozen", "train")
     switched = scouter.with_params(head="linear")
     assert switched.model.token_norm == "group" and switched.digest() == Config.from_params({"head": "linear"}).digest()

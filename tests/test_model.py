@@ -7,7 +7,7 @@ import timm
 import torch
 
 from slotlib.classify.losses import classification_loss
-from slotlib.classify.model import SlotClassifier, sine_position_encoding
+from slotlib.classify.model import SlotClassifier, TokenRMSNorm, sine_position_encoding
 from slotlib.config import Config, ConfigError
 from slotlib.heads.scouter import area_loss
 
@@ -96,7 +96,7 @@ def test_output_stride_refused_clearly():
 def test_reference_parameter_count():
     """The reference's 2,664,049 counted an unused 16,512-parameter query projection.
 
-    The default SCOUTER tokens skip the GroupNorm (token_norm 'auto'); with it, 256 more.
+    The default SCOUTER tokens skip the GroupNorm (token_norm 'auto' rescales them, no parameters); with it, 256 more.
     """
     assert timm.__version__ == "1.0.31", "the pinned count was measured with timm 1.0.31"
     counts = build(backbone="mobilevitv2_075", head="scouter", hidden_dim=128, slots_per_class=1).parameter_counts()
@@ -126,6 +126,7 @@ def loss_of(model, lambda_area=None):
     ("scouter_norm", "none", "scouter"),
     ("scouter_logit_scale", 1.0, 16.0),
     ("token_norm", "group", "none"),
+    ("token_norm", "rms", "none"),
 ])
 def test_every_grid_axis_changes_the_output(axis, a, b):
     """The reference's dropout axis reached no module; every axis here must change the computation."""
@@ -261,10 +262,10 @@ def test_slot_score_changes_the_slot_heads_output():
     assert not torch.allclose(out_a, out_b)
 
 
-@pytest.mark.parametrize("head,norm", [("scouter", torch.nn.Identity), ("slot", torch.nn.GroupNorm),
+@pytest.mark.parametrize("head,norm", [("scouter", TokenRMSNorm), ("slot", torch.nn.GroupNorm),
                                        ("linear", torch.nn.GroupNorm)])
 def test_token_norm_auto_follows_the_head(head, norm):
-    """SCOUTER reads each token's channel mean, which GroupNorm centres: 'auto' leaves its tokens alone."""
+    """SCOUTER reads each token's channel mean, which GroupNorm centres: 'auto' only rescales its tokens."""
     assert type(build(head=head).norm) is norm
     assert type(build(head=head, token_norm="group").norm) is torch.nn.GroupNorm
     assert type(build(head=head, token_norm="none").norm) is torch.nn.Identity

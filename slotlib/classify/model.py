@@ -39,6 +39,23 @@ def sine_position_encoding(h: int, w: int, dim: int, temperature: float = 10000.
     return pos.reshape(1, h * w, dim)                                      # [1,N,D]
 
 
+class TokenRMSNorm(nn.Module):
+    """Each image's feature map ``[B,D,H,W]`` over its root mean square (all channels and positions): the
+    scale goes, nothing is centred, so ReLU features stay non-negative and keep their relative sizes.
+
+    SCOUTER's logit reads each token's channel mean (slotlib/heads/scouter.py). Raw ReLU tokens of a
+    projected ImageNet backbone are small and nearly alike (mobilenetv2_100 at 64 px: mean 0.057, channel
+    means differing by 0.005 between tokens), so its logits start almost equal and it learns slowly
+    (docs/results.md, "How fast the heads start")."""
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x.float().pow(2).mean((1, 2, 3), keepdim=True).add(self.eps).rsqrt().to(x.dtype)  # [B,D,H,W]
+
+
 class SlotClassifier(nn.Module):
     """Images ``[B,3,H,W]`` -> ``(logits [B,K], attn [B,S,N])``; ``forward`` is pure.
 
@@ -59,9 +76,9 @@ class SlotClassifier(nn.Module):
         self.proj = nn.Conv2d(channels, d, kernel_size=1)
         # One group: normalise over all channels and positions together. Many groups on a small map
         # (2x2 at 64 px) would remove each group's own mean, which is most of what a tile says.
-        # 'auto' is the head's own choice (Head.token_norm).
+        # 'auto' is the head's own choice (Head.token_norm), which the Config resolves.
         norm = head.token_norm if cfg.token_norm == "auto" else cfg.token_norm
-        self.norm = nn.GroupNorm(1, d) if norm == "group" else nn.Identity()
+        self.norm = {"group": lambda: nn.GroupNorm(1, d), "rms": TokenRMSNorm, "none": nn.Identity}[norm]()
         # The reference passed dropout to a features_only backbone, where it reached no module;
         # here it acts on the tokens every head sees.
         self.dropout = nn.Dropout(cfg.dropout)

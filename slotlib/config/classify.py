@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from ..heads import DEFAULT_HEAD, HEADS, head_class, heads_help
 from .fields import HASHED, ConfigError, coerce, did_you_mean, param, require, type_hints, where_suffix
 
-TOKEN_NORMS = ("auto", "group", "none")
+TOKEN_NORMS = ("auto", "group", "rms", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STAGE2_BATCHNORMS = ("auto", "train", "frozen")
 PIPELINES = ("fast", "loader")
@@ -88,8 +88,9 @@ class ModelConfig:
     hidden_dim: int = param(128, "channels after the 1x1 projection: the slot dimension D")
     dropout: float = param(0.1, "dropout on the projected feature tokens before the head")
     token_norm: str = param("auto", "after the 1x1 projection and ReLU: 'group' (GroupNorm over channels and "
-                                 "positions), 'none', or 'auto' (the head's own choice: none for scouter, whose "
-                                 "logits read each token's channel mean, which GroupNorm centres; group otherwise)")
+                                 "positions), 'rms' (each image's tokens over their root mean square: scale only), "
+                                 "'none', or 'auto', the head's own choice: " + ", ".join(
+                                     f"{name} {cls.token_norm}" for name, cls in HEADS.items()))
 
     def __post_init__(self) -> None:
         require(self.head in HEADS, "head", self.head, f"one of {', '.join(HEADS)}")
@@ -188,11 +189,7 @@ def _fields() -> dict[str, tuple[str, dataclasses.Field]]:
 
 
 FIELDS = _fields()
-
-
 DEFAULTS: dict[str, Any] = {name: f.default for name, (_, f) in FIELDS.items()}
-
-
 HELP: dict[str, str] = {name: f.metadata["help"] for name, (_, f) in FIELDS.items()}
 
 
@@ -225,9 +222,8 @@ class Config:
             # frozen: a pretrained backbone keeps the running statistics it was trained with; from scratch
             # they were never estimated, so they train
             train = dataclasses.replace(train, stage2_batchnorm="frozen" if model.starts_pretrained else "train")
-        object.__setattr__(self, "model", model)
-        object.__setattr__(self, "train", train)
-        object.__setattr__(self, "heads", heads)
+        for name, value in (("model", model), ("train", train), ("heads", heads)):
+            object.__setattr__(self, name, value)
 
     @property
     def head_params(self) -> Any:
@@ -278,18 +274,22 @@ class Config:
         """Short hash of every parameter that changes what is computed (docs/design.md, "Cell ids").
 
         Left out: where things are (LOCAL_ONLY); a parameter at its ``unhashed_at`` value; another head's
-        parameter unless it is ``hashed_for_every_head``. ``token_norm`` at the head's own choice is
-        hashed as 'auto', and ``stage2_batchnorm`` as what 'auto' resolved to.
+        parameter unless it is ``hashed_for_every_head``. ``token_norm`` is hashed as 'auto' where it is what
+        'auto' meant when the head's ids were made (``Head.token_norm_hashed_as_auto``), and
+        ``stage2_batchnorm`` as what 'auto' resolved to.
         """
-        own = {f.name for f in dataclasses.fields(head_class(self.model.head).Params)}
+        head = head_class(self.model.head)
+        own = {f.name for f in dataclasses.fields(head.Params)}
         params = {}
-        for name, value in self.to_params(auto=True).items():
+        for name, value in self.to_params().items():
             section, f = FIELDS[name]
             if name in LOCAL_ONLY or (f.metadata["unhashed_at"] is not HASHED and value == f.metadata["unhashed_at"]):
                 continue
             if section not in SECTIONS and name not in own and not f.metadata["hashed_for_every_head"]:
                 continue
             params[name] = value
+        if params["token_norm"] == (head.token_norm_hashed_as_auto or head.token_norm):
+            params["token_norm"] = "auto"
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -53,7 +53,10 @@ class Head(nn.Module):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""                  # a few words for the parameter ``head``'s help text
     Params: ClassVar[type] = NoParams
-    token_norm: ClassVar[str] = "group"          # 'group' or 'none': the tokens' normalisation under token_norm 'auto'
+    token_norm: ClassVar[str] = "group"          # 'group', 'rms' or 'none': the tokens' normalisation under 'auto'
+    # What 'auto' meant when this head's cell ids were first made (None: token_norm): a cell computing it is
+    # hashed as 'auto'. It stays when token_norm's default changes, so that the change renames the head's cells.
+    token_norm_hashed_as_auto: ClassVar[str | None] = None
     bounded_attention: ClassVar[bool] = False    # attention in [0, 1]: the report's heatmaps use that fixed scale
     loss_weights: ClassVar[tuple[str, ...]] = ()  # parameters weighing loss_terms, named in the collapse advice
 

@@ -32,9 +32,10 @@ class ScouterParams(SlotsParams):
     scouter_norm: str = param("none", "SCOUTER's slot-token dot products: 'none' (scaled dot products, trains) or "
                                       "'scouter' (the authors': each slot's row over its signed sum, times the total; "
                                       "saturates the sigmoid and stalls)", hashed_for_every_head=True)
-    scouter_logit_scale: float = param(16.0, "SCOUTER's class logit is this times the channel mean of its slot's "
-                                             "attention-weighted tokens (the authors: 1, which learns slower than "
-                                             "the linear head: docs/results.md, 'Slot heads')", unhashed_at=1.0)
+    scouter_logit_scale: float = param(4.0, "SCOUTER's class logit is this times the channel sum of its slot's "
+                                            "attention-weighted tokens over the channel count (the authors: 1; 4 "
+                                            "starts fastest with token_norm 'rms': docs/results.md, 'How fast the "
+                                            "heads start')", unhashed_at=1.0)
     lambda_area: float = param(0.05, "weight of SCOUTER's area loss", hashed_for_every_head=True)
     area_power: float = param(1.0, "the area loss is mean(attention) ** area_power", hashed_for_every_head=True)
 
@@ -81,13 +82,16 @@ class ScouterSlotAttention(Head):
     the tokens' channel means, so it spans a narrow range and cross-entropy's gradient reaches
     the attention weakly; a larger scale widens it (docs/results.md, "Slot heads").
 
-    Its tokens skip the GroupNorm (``token_norm`` 'auto'): a logit reads each token's channel mean,
-    which GroupNorm centres (the authors feed the ReLU features as they are).
+    Its tokens are rescaled, not centred (``token_norm`` 'auto' is 'rms'): a logit reads each token's
+    channel mean, which GroupNorm would centre. The authors feed the ReLU features as they are
+    (``token_norm: none``); from a projected ImageNet backbone those are small and nearly alike, and the
+    head started far behind the linear one (docs/results.md, "How fast the heads start").
     """
 
     summary = "SCOUTER: sigmoid slot attention and an area loss"
     Params = ScouterParams
-    token_norm = "none"
+    token_norm = "rms"
+    token_norm_hashed_as_auto = "none"  # the default until token_norm 'rms' existed: those cells keep their ids
     bounded_attention = True            # sigmoid
     loss_weights = ("lambda_area",)
 
