@@ -30,6 +30,7 @@ run-folder code, and import nothing of each other.
       experiment.py      one run's data, loaders, model, device (prepare)
       steps.py           one step, one epoch, one evaluation
       fit.py             two stages, best checkpoint, resume, test once (train)
+      frozen.py          a head on cached frozen features: how fast it starts
       explain.py         per-class attention maps, explanation metrics, predictions
       attention_plots.py heatmaps over tiles, the interactive explorer
       plots.py           data, learning curves, confusion matrix, per-class accuracy

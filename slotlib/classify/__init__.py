@@ -7,6 +7,7 @@
     experiment.py       one run's data, loaders, model and device (prepare)
     steps.py            one optimiser step, one epoch, one evaluation
     fit.py              the two stages, best checkpoint, resume, the test set once (train)
+    frozen.py           a head on cached frozen features (stage 1 in seconds): how fast it starts
     explain.py          per-class attention maps, explanation metrics, predictions of a run
     attention_plots.py  heatmaps over tiles and the interactive explorer
     plots.py            data, learning curves, confusion matrix, per-class accuracy
