@@ -5,7 +5,7 @@ stage1_epochs and stage2_epochs), pools the seeds of each (head, budget), and gi
 each head's mean ± sd of best validation accuracy and, for the other heads, the mean paired gap to the
 linear head (same seed, same budget) with its smallest and largest value.
 
-    .venv/bin/python benchmarks/budget_plot.py outputs/head_budgets --png docs/cpu/DAY-head_budgets/budgets.png
+    .venv/bin/python benchmarks/budget_plot.py outputs/head_budgets --png docs/cpu/2026-12-03-head_budgets/budgets.png
 """
 
 from __future__ import annotations
