@@ -44,6 +44,14 @@ def browser():
     driver.quit()
 
 
+def wait_until_loaded(driver, seconds: float = 60) -> None:
+    """The page's load event has fired. get() normally returns after it, but under load (a CI run on
+    2 busy cores) it was seen to return while the report still read 'loading'."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, seconds).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def severe_console_messages(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
@@ -63,7 +71,7 @@ def test_report_opens_offline_loads_every_image_fits_the_page_and_sorts(browser,
     assert main(["report", str(tmp_path)]) == 0
 
     browser.get((tmp_path / "report.html").as_uri())
-    assert browser.execute_script("return document.readyState") == "complete"
+    wait_until_loaded(browser)
     images = browser.execute_script("return [...document.images].map(i => i.complete && i.naturalWidth > 0)")
     assert len(images) >= 8 and all(images), images
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), \
