@@ -22,13 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from slotlib.classify.frozen import frozen_features, train_on_features
 from slotlib.config import Config, parse_set
 from slotlib.data.eurosat import load_eurosat
-from slotlib.data.transforms import normalization
-from slotlib.classify.losses import classification_loss
-from slotlib.classify.model import SlotClassifier
 
 
 def features(args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,17 +35,8 @@ def features(args) -> tuple[torch.Tensor, torch.Tensor]:
         return saved["features"].float(), saved["labels"]
     ds = load_eurosat(os.environ.get("EUROSAT_ROOT", "./data"), per_class_limit=args.per_class)
     cfg = Config.from_params({"backbone": args.backbone, "pretrained_file": args.weights, "head": "linear",
-                              "feature_stride": args.feature_stride})
-    backbone = SlotClassifier(cfg.model, 10, image_size=args.image_size).backbone.eval()
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in normalization(args.backbone))
-    images = torch.from_numpy(np.asarray(ds.images)).permute(0, 3, 1, 2)              # [M,3,64,64] uint8
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), 64):
-            x = F.interpolate(images[i:i + 64].float(), size=(args.image_size,) * 2, mode="bilinear",
-                              antialias=True, align_corners=False)
-            out.append(backbone((x - mean) / std)[-1].half())                       # [b,C,H,W]
-    feats, labels = torch.cat(out), torch.as_tensor(np.asarray(ds.labels))
+                              "feature_stride": args.feature_stride, "image_size": args.image_size})
+    feats, labels = frozen_features(cfg, ds.images).half(), torch.as_tensor(np.asarray(ds.labels))   # [M,C,H,W]
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"features": feats, "labels": labels}, cache)
     return feats.float(), labels
@@ -56,31 +44,8 @@ def features(args) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_head(overrides: dict, feats, labels, train, val, args) -> list[float]:
     cfg = Config.from_params({"backbone": args.backbone, "pretrained": False, "feature_stride": args.feature_stride,
-                              **overrides})
-    torch.manual_seed(cfg.train.seed)
-    model = SlotClassifier(cfg.model, 10, pretrained=False, head_params=cfg.head_params)
-    params = model.head_parameters()
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    accs = []
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = train[torch.randperm(len(train), generator=gen)]
-        for i in range(0, len(order), args.batch_size):
-            idx = order[i:i + args.batch_size]
-            logits, attn = model.from_features(feats[idx])
-            loss, _ = classification_loss(logits, labels[idx], attn, model.head)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-            opt.step()
-        sched.step()
-        model.eval()
-        with torch.no_grad():
-            logits, _ = model.from_features(feats[val])
-        accs.append((logits.argmax(1) == labels[val]).float().mean().item())
-    return accs
+                              "stage1_lr": args.lr, "batch_size": args.batch_size, **overrides})
+    return train_on_features(cfg, feats, labels, train, val, epochs=args.epochs).val_acc
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import Config
 from ..data.transforms import normalization
+from .losses import classification_loss
 from .model import SlotClassifier
 from .steps import Objective, StagePlan, make_optimizer, train_step
 
@@ -98,10 +99,10 @@ def train_on_features(config: Config, feats: torch.Tensor, labels: torch.Tensor,
 def trace_row(net: OnFeatures, feats: torch.Tensor, target: torch.Tensor, objective: Objective,
               step: int) -> dict[str, Any]:
     """What the head does on one batch, before the step: the loss and its parts, the attention's mean and
-    saturation, the spread of the class logits, and the gradient norm of each parameter group."""
+    the head's own diagnostics (SCOUTER: saturation), the spread of the class logits, and the gradient norm
+    of each parameter group."""
     net.zero_grad(set_to_none=True)
     logits, attn = net(feats)
-    from .losses import classification_loss
     loss, parts = classification_loss(logits, target, attn, net.head, objective.label_smoothing)
     loss.backward()
     groups: dict[str, float] = {}
@@ -114,7 +115,7 @@ def trace_row(net: OnFeatures, feats: torch.Tensor, target: torch.Tensor, object
            "acc": float((logits.argmax(1) == target).float().mean()),
            "logit_std": float(logits.detach().float().std(1).mean()),
            "attn_mean": float(a.mean()), "attn_max": float(a.amax()),
-           "attn_saturated": float(((a < 0.01) | (a > 0.99)).float().mean()),
+           **{f"attn_{k}": float(v) for k, v in net.head.diagnostics(attn).items()},
            **{f"grad_{k}": v ** 0.5 for k, v in groups.items()}}
     net.zero_grad(set_to_none=True)
     return row
