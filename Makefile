@@ -17,7 +17,8 @@ PYTEST_ARGS ?=
 export WARM_IMPORTS := import torch, timm, torchvision, pandas, matplotlib.pyplot, seaborn, papermill, nbconvert, \
 	ipykernel.kernelapp, ipywidgets, matplotlib_inline.backend_inline, slotlib.cli, slotlib.classify.fit, \
 	slotlib.classify.explain, slotlib.classify.attention_plots, slotlib.classify.plots, slotlib.runs.report, \
-	slotlib.runs.report_figures, slotlib.discover.fit, ray, slotlib.runs.grid_ray
+	slotlib.runs.report_figures, slotlib.discover.fit, ray, slotlib.runs.grid_ray, \
+	captum.metrics, pytorch_grad_cam, slotlib.classify.faithfulness
 
 .PHONY: setup test test-slow demo lab lock clean-venv
 
@@ -49,7 +50,7 @@ lab: $(STAMP)
 
 # Re-pin after editing dependencies in pyproject.toml.
 lock: $(STAMP)
-	$(UV) pip compile pyproject.toml --extra dev --extra lab --extra ray --python-version 3.11 -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra dev --extra lab --extra ray --python-version 3.11 --override requirements-overrides.txt -o requirements.lock
 
 clean-venv:
 	rm -rf $(VENV)

@@ -154,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="grid folder")
     p = sub.add_parser("report", help="execute notebooks/analysis.ipynb on a grid folder; write DIR/report.html")
     p.add_argument("dir", help="grid folder")
+    p = sub.add_parser("explain", help="the explanation benchmark of finished cells: the head's maps against "
+                                         "Grad-CAM, a random and a centre map; writes explanations.json")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="a finished cell's folder, or a grid folder (its finished cells)")
+    p.add_argument("--tiles", type=int, default=1000, help="test tiles explained (default 1000)")
+    p.add_argument("--mosaics", type=int, default=500, help="2 x 2 mosaics for localisation (default 500)")
+    p.add_argument("--captum-tiles", type=int, default=None,
+                   help="tiles for infidelity and sensitivity, the costliest metrics (default: all of --tiles)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tile sample, the mosaics and the random maps")
+    p.add_argument("--device", help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: the cell's own setting)")
+    p.add_argument("--data-root", help="folder holding eurosat/2750 (default: the cell's own setting)")
     p = sub.add_parser("bench", help="train images/s of the reference data path against the fast one")
     p.add_argument("params", nargs="?", help="parameters file (default: the defaults, i.e. the reference model); "
                                              "a grid's first cell is used")
@@ -233,6 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not os.path.isdir(args.dir):
                 raise ConfigError(f"grid folder {args.dir!r} does not exist")
             print(f"report: {render(args.dir)}")
+        elif args.command == "explain":
+            from .classify.faithfulness import explain_cells
+            if min(args.tiles, args.mosaics) < 1 or (args.captum_tiles is not None and args.captum_tiles < 0):
+                raise ConfigError(f"--tiles and --mosaics must be >= 1 and --captum-tiles >= 0, got {args.tiles}, "
+                                  f"{args.mosaics} and {args.captum_tiles}")
+            explain_cells(args.dirs, tiles=args.tiles, mosaic_count=args.mosaics, captum_tiles=args.captum_tiles,
+                          seed=args.seed, device=args.device, data_root=args.data_root)
         elif args.command == "bench":
             from .classify.bench_format import format_bench
             result = bench(args)

@@ -108,11 +108,12 @@ def explain_split(exp, split: str = "test", n: int = 200, seed: int = 0) -> dict
     return explanation_metrics(exp.model, eval_inputs(exp, exp.data.images[idx]), exp.mean, exp.std)
 
 
-def eval_inputs(exp, tiles: np.ndarray) -> torch.Tensor:
-    """uint8 tiles ``[M,64,64,3]`` -> normalised inputs ``[M,3,S,S]`` on the run's device (evaluation transform)."""
+def eval_inputs(exp, tiles: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """uint8 tiles ``[M,64,64,3]`` -> normalised inputs ``[M,3,S,S]`` on the run's device (evaluation transform),
+    ``S`` = ``size`` or the run's evaluation size."""
     from ..data.transforms import build_transforms
 
-    _, eval_tf = build_transforms(exp.config.data.eval_px, exp.mean, exp.std, augment=False)
+    _, eval_tf = build_transforms(size or exp.config.data.eval_px, exp.mean, exp.std, augment=False)
     batch = torch.from_numpy(np.array(tiles, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2)  # the cache is read-only
     return eval_tf(batch).to(exp.device)
 

@@ -1,0 +1,415 @@
+"""The explanation benchmark: are a head's maps faithful and localised, against Grad-CAM and chance?
+
+For a finished cell (its ``best.pt``; no retraining) every method below explains the predicted class of
+the same test tiles, and every metric scores every method, so a head's map is read against a reference
+and against two floors:
+
+    head      the head's own map: SCOUTER's or the slot head's attention, the linear head's class
+              activation map (:func:`slotlib.classify.explain.class_maps`);
+    gradcam   Grad-CAM (pytorch-grad-cam) on the backbone feature map the head reads;
+    random    uniform noise on the token grid (a fresh draw each call): the floor of chance;
+    centre    a Gaussian centred on the tile: the floor of "the object is in the middle".
+
+Metrics (``METRICS``; arrows say which way is better):
+
+    deletion_auc (down), insertion_auc (up), ins_minus_del (up): RISE's protocol, the predicted class's
+        probability as the most salient pixels are removed (to black) or revealed (from a blurred
+        tile) (:func:`slotlib.classify.explain.deletion_insertion`);
+    infidelity (down): Captum's ``infidelity`` with ``normalize=True`` (the map's best scale is
+        fitted, so a map's units do not matter): how well the map predicts the change of the
+        class probability under Gaussian noise of sd ``INFIDELITY_NOISE`` (normalised units);
+    sensitivity (down): Captum's ``sensitivity_max``: the largest relative change of the map under
+        perturbations within an L-inf ball of radius ``SENSITIVITY_RADIUS``. A constant map (the
+        centre prior) scores 0 by construction: it is stable because it ignores the tile;
+    mosaic (up): 2 x 2 mosaics of test tiles of four different classes, each tile at the size the
+        model was trained on (``image_size``: the mosaic is twice that). Each class's map is
+        scored by the share of its positive mass inside that class's quadrant, the grid pointing
+        game of Böhle et al. (CVPR 2022); chance is 0.25. A map with no positive mass scores 0.25;
+    random_head_rho, random_all_rho (down): the randomisation check of Adebayo et al. (NeurIPS 2018):
+        Spearman's rank correlation, per tile, between the trained model's maps and those of the
+        model with its head re-initialised, then with its head and backbone re-initialised (fresh
+        initialisations as training starts from). A map that survives randomisation does not
+        explain the model. Not defined for the floors, which ignore the model.
+
+Besides, ``map_max`` and ``area`` describe the head's own maps as drawn (its largest value over the
+tiles, and its mean): a head whose maps are near zero everywhere is called out as near-empty.
+
+References: Petsiuk et al., RISE (BMVC 2018); Yeh et al., "On the (In)fidelity and Sensitivity of
+Explanations" (NeurIPS 2019), Captum's ``captum.metrics``; Selvaraju et al., Grad-CAM (ICCV 2017),
+jacobgil/pytorch-grad-cam; Böhle et al., "B-cos Networks" (CVPR 2022); Adebayo et al., "Sanity Checks
+for Saliency Maps" (NeurIPS 2018). SCOUTER's paper reports infidelity and sensitivity too.
+
+Shape letters: B batch, K classes, h x w token grid, H x W pixels.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .explain import blurred, class_maps, deletion_insertion, eval_inputs, upsample
+
+METHODS = ("head", "gradcam", "random", "centre")
+# name -> (better direction, one line for tables)
+METRICS = {
+    "deletion_auc": ("lower", "RISE deletion AUC of the predicted class's probability"),
+    "insertion_auc": ("higher", "RISE insertion AUC"),
+    "ins_minus_del": ("higher", "insertion AUC minus deletion AUC"),
+    "infidelity": ("lower", "Captum infidelity (normalised)"),
+    "sensitivity": ("lower", "Captum sensitivity_max"),
+    "mosaic": ("higher", "share of a class's map mass in its own quadrant of a 2 x 2 mosaic (chance 0.25)"),
+    "random_head_rho": ("lower", "Spearman rho with the maps after re-initialising the head"),
+    "random_all_rho": ("lower", "Spearman rho with the maps after re-initialising head and backbone"),
+}
+RESULTS_FILE = "explanations.json"
+FIGURES_FILE = "explanations.npz"
+INFIDELITY_NOISE = 0.1        # sd of the Gaussian noise, in normalised input units
+SENSITIVITY_RADIUS = 0.02     # Captum's default L-inf radius, in normalised input units
+NEAR_EMPTY = 0.05             # a bounded head whose maps never exceed this is called near-empty
+
+
+class _Tap(nn.Identity):
+    """Marks the backbone's feature map for Grad-CAM's hooks."""
+
+
+class LogitsOf(nn.Module):
+    """A classifier as Grad-CAM and Captum want it: images -> logits, with the backbone feature map the
+    head reads passing through ``self.tap`` (Grad-CAM's target layer)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.tap = model, _Tap()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.from_features(self.tap(self.model.backbone(images)[-1]))[0].float()
+
+
+@dataclass
+class Explainers:
+    """The four methods of one model: ``maps(method, images [B,3,H,W], target [B]) -> [B,H,W]``."""
+
+    model: nn.Module
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from pytorch_grad_cam import GradCAM
+
+        self.model.eval()
+        self.net = LogitsOf(self.model).eval()
+        self.gradcam = GradCAM(model=self.net, target_layers=[self.net.tap])
+        self.gen = torch.Generator().manual_seed(self.seed)
+
+    def maps(self, method: str, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        size = images.shape[-1]
+        if method == "head":
+            _, maps = class_maps(self.model, images)                               # [B,K,h,w]
+            mine = maps[torch.arange(len(images)), target.to(maps.device)]         # [B,h,w]
+            return upsample(mine[:, None], size)[:, 0]
+        if method == "gradcam":
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+            with torch.enable_grad():
+                cam = self.gradcam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in target])
+            return torch.from_numpy(cam).float().to(images.device)                # [B,H,W] in [0,1]
+        h, w = self.model.token_grid(size)
+        if method == "random":
+            noise = torch.rand(len(images), 1, h, w, generator=self.gen).to(images.device)
+            return upsample(noise, size)[:, 0]
+        if method == "centre":
+            return centre_prior(size, images.device).expand(len(images), -1, -1)
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+
+    def probabilities(self, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.net(chunk).softmax(1) for chunk in images.split(batch)])
+
+
+def centre_prior(size: int, device=None) -> torch.Tensor:
+    """A Gaussian of sd size/4 centred on a ``size`` x ``size`` tile: ``[1,H,W]``, peak 1."""
+    r = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
+    return torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * (size / 4) ** 2))[None]
+
+
+def quadrant_shares(maps: torch.Tensor, quadrant: torch.Tensor) -> torch.Tensor:
+    """Share of each map's positive mass inside its quadrant: ``maps [B,2H,2W]``, ``quadrant [B]`` in
+    0..3 (row-major: 0 top left, 1 top right, 2 bottom left, 3 bottom right) -> ``[B]``.
+    A map with no positive mass gets 0.25, chance."""
+    pos = maps.clamp(min=0)
+    b, hh, ww = pos.shape
+    quads = pos.view(b, 2, hh // 2, 2, ww // 2).sum((2, 4)).flatten(1)              # [B,4]
+    total = quads.sum(1)
+    share = quads.gather(1, quadrant.view(-1, 1))[:, 0] / total.clamp(min=1e-12)
+    return torch.where(total > 0, share, torch.full_like(share, 0.25))
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rho between matching rows of ``a`` and ``b`` ``[M,P]`` (ties get average ranks); NaN
+    where a row is constant."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(1) / den, np.nan)
+
+
+def mosaics(tiles: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` draws of four tiles of four different classes: indices into ``tiles`` ``[n,4]`` (row-major
+    quadrants) and their classes ``[n,4]``."""
+    classes = np.unique(labels)
+    if len(classes) < 4:
+        raise ValueError(f"mosaics need tiles of at least 4 classes, got {len(classes)}")
+    by_class = {c: np.flatnonzero(labels == c) for c in classes}
+    picks, picked = np.empty((n, 4), int), np.empty((n, 4), int)
+    for i in range(n):
+        four = rng.choice(classes, size=4, replace=False)
+        picked[i] = four
+        picks[i] = [rng.choice(by_class[c]) for c in four]
+    return picks, picked
+
+
+def assemble(images: torch.Tensor) -> torch.Tensor:
+    """``[B,4,3,S,S]`` -> ``[B,3,2S,2S]``, quadrants row-major."""
+    top = torch.cat([images[:, 0], images[:, 1]], -1)
+    bottom = torch.cat([images[:, 2], images[:, 3]], -1)
+    return torch.cat([top, bottom], -2)
+
+
+def randomised(model: nn.Module, config, parts: str, seed: int) -> nn.Module:
+    """A copy of ``model`` with its head (``parts='head'``: everything after the backbone) or everything
+    (``'all'``) replaced by a fresh initialisation, as training starts from (backbone without weights)."""
+    from .model import SlotClassifier
+
+    torch.manual_seed(10_000 + seed)
+    fresh = SlotClassifier(config.model, model.num_classes, pretrained=False,
+                           image_size=config.data.image_size, head_params=config.head_params)
+    out = copy.deepcopy(model)
+    state = fresh.state_dict()
+    if parts == "head":
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+    out.load_state_dict(state, strict=parts == "all")
+    return out.to(next(model.parameters()).device).eval()
+
+
+def _mean_sd(values) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return {"mean": float(v.mean()) if len(v) else float("nan"), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "n": int(len(v))}
+
+
+def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0, batch: int = 50,
+              captum_tiles: int | None = None, methods: tuple[str, ...] = METHODS, progress: bool = False,
+              log: Callable[[str], None] = print) -> dict:
+    """Every method and metric on ``tiles`` test tiles and ``mosaic_count`` mosaics of one prepared run
+    (:func:`slotlib.classify.explain.open_run`). ``captum_tiles`` (default: all of ``tiles``) limits the
+    two Captum metrics, the costliest. Returns the results dict written to ``explanations.json`` and
+    the arrays written to ``explanations.npz`` under the key ``"figures"``."""
+    from captum.metrics import infidelity, sensitivity_max
+
+    model, config = exp.model.eval(), exp.config
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    test = np.asarray(exp.splits["test"])
+    chosen = np.sort(rng.choice(test, size=min(tiles, len(test)), replace=False))
+    n_captum = len(chosen) if captum_tiles is None else min(captum_tiles, len(chosen))
+    labels = np.asarray(exp.data.labels)
+    ex = Explainers(model, seed)
+    black = ((torch.zeros(3) - torch.tensor(exp.mean)) / torch.tensor(exp.std)).view(1, 3, 1, 1).to(exp.device)
+    randoms = {"head": randomised(model, config, "head", seed), "all": randomised(model, config, "all", seed)}
+    rand_ex = {k: Explainers(m, seed) for k, m in randoms.items()}
+    per: dict[str, dict[str, list]] = {m: {k: [] for k in METRICS} for m in methods}
+    head_max, head_area = [], []
+    preds_all, correct = [], []
+    for start in range(0, len(chosen), batch):
+        idx = chosen[start:start + batch]
+        images = eval_inputs(exp, exp.data.images[idx])
+        probs = ex.probabilities(images)
+        pred = probs.argmax(1)
+        preds_all.append(pred.cpu())
+        correct.append((pred.cpu().numpy() == labels[idx]))
+        _, raw = class_maps(model, images)
+        mine = raw[torch.arange(len(idx)), pred]
+        head_max.append(mine.flatten(1).amax(1).cpu())
+        head_area.append(mine.flatten(1).mean(1).cpu())
+        in_captum = max(0, min(len(idx), n_captum - start))
+        for method in methods:
+            sal = ex.maps(method, images, pred)                                   # [B,H,W]
+            d, i = deletion_insertion(ex.probabilities, images, sal, pred, black.expand_as(images), blurred(images))
+            per[method]["deletion_auc"] += d.tolist()
+            per[method]["insertion_auc"] += i.tolist()
+            per[method]["ins_minus_del"] += (i - d).tolist()
+            if in_captum:
+                x, t = images[:in_captum], pred[:in_captum]
+                attr = sal[:in_captum, None].expand_as(x).contiguous()
+
+                def noise(inputs):
+                    gen = torch.Generator().manual_seed(seed + start)
+                    e = (torch.randn(inputs.shape, generator=gen) * INFIDELITY_NOISE).to(inputs.device)
+                    return e, inputs - e
+
+                def prob(inputs):
+                    return ex.probabilities(inputs)
+
+                with torch.no_grad():
+                    inf = infidelity(prob, noise, x, attr, target=t, n_perturb_samples=10, normalize=True,
+                                     max_examples_per_batch=len(x) * 10)
+                per[method]["infidelity"] += inf.cpu().tolist()
+
+                def explain(inputs, target):
+                    inputs = inputs[0] if isinstance(inputs, tuple) else inputs   # Captum may pass a 1-tuple
+                    return (ex.maps(method, inputs, target),)   # a tuple: Captum iterates over what it gets
+
+                sens = sensitivity_max(explain, x, perturb_radius=SENSITIVITY_RADIUS, n_perturb_samples=10,
+                                       target=t, max_examples_per_batch=len(x) * 10)
+                per[method]["sensitivity"] += sens.cpu().tolist()
+            if method in ("head", "gradcam"):
+                for which in ("head", "all"):
+                    other = rand_ex[which].maps(method, images, pred)
+                    rho = spearman_rows(sal.flatten(1).cpu().numpy(), other.flatten(1).cpu().numpy())
+                    per[method][f"random_{which}_rho"] += rho.tolist()
+        if progress:
+            log(f"  tiles {start + len(idx)}/{len(chosen)} ({time.perf_counter() - started:.0f} s)")
+
+    # mosaics at the training size
+    train_px = config.data.image_size
+    test_labels = labels[test]
+    picks, classes = mosaics(test, test_labels, mosaic_count, rng)
+    fig_mosaics, fig_mosaic_maps = [], {m: [] for m in methods}
+    for start in range(0, mosaic_count, max(1, batch // 4)):
+        p, c = picks[start:start + batch // 4], classes[start:start + batch // 4]
+        quads = eval_inputs(exp, exp.data.images[test[p.ravel()]], train_px).view(len(p), 4, 3, train_px, train_px)
+        images = assemble(quads)                                                   # [b,3,2S,2S]
+        rep = images.repeat_interleave(4, 0)                                       # [4b,...] one per quadrant
+        target = torch.as_tensor(c.ravel(), device=exp.device)                     # [4b]
+        quadrant = torch.arange(4, device=exp.device).repeat(len(p))
+        for method in methods:
+            sal = ex.maps(method, rep, target)                                     # [4b,2S,2S]
+            per[method]["mosaic"] += quadrant_shares(sal, quadrant).cpu().tolist()
+            if start == 0:
+                fig_mosaic_maps[method] = sal.view(len(p), 4, *sal.shape[-2:])[:4].cpu().numpy().astype(np.float16)
+        if start == 0:
+            fig_mosaics = exp.data.images[test[p[:4].ravel()]]
+            fig_mosaic_classes = c[:4]
+        if progress and (start // max(1, batch // 4)) % 10 == 0:
+            log(f"  mosaics {start + len(p)}/{mosaic_count} ({time.perf_counter() - started:.0f} s)")
+
+    preds_np = torch.cat(preds_all).numpy()
+    results = {
+        "tiles": int(len(chosen)), "captum_tiles": int(n_captum), "mosaics": int(mosaic_count), "seed": seed,
+        "eval_px": int(config.data.eval_px), "mosaic_tile_px": int(train_px), "head": config.model.head,
+        "accuracy_on_tiles": float(np.concatenate(correct).mean()),
+        "head_map_max": float(torch.cat(head_max).max()), "head_area": float(torch.cat(head_area).mean()),
+        "bounded": bool(model.head.bounded_attention),
+        "settings": {"infidelity_noise_sd": INFIDELITY_NOISE, "sensitivity_radius": SENSITIVITY_RADIUS,
+                     "perturb_samples": 10, "deletion_to": "black", "insertion_from": "blurred x8", "steps": 16},
+        "methods": {m: {k: _mean_sd(v) for k, v in per[m].items() if v} for m in methods},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    results["near_empty"] = bool(results["bounded"] and results["head_map_max"] < NEAR_EMPTY)
+    # figures: the first tile of each class among the chosen, head map beside Grad-CAM
+    shown = [int(np.flatnonzero(labels[chosen] == k)[0]) for k in np.unique(labels[chosen])]
+    images = eval_inputs(exp, exp.data.images[chosen[shown]])
+    target = torch.as_tensor(preds_np[shown], device=exp.device)
+    figures = {"tiles": np.asarray(exp.data.images[chosen[shown]], dtype=np.uint8), "labels": labels[chosen[shown]],
+               "preds": preds_np[shown],
+               "mosaic_tiles": np.asarray(fig_mosaics, dtype=np.uint8), "mosaic_classes": fig_mosaic_classes,
+               "class_names": np.array(exp.class_names)}
+    for method in ("head", "gradcam"):
+        if method in methods:
+            figures[f"{method}_maps"] = ex.maps(method, images, target).cpu().numpy().astype(np.float32)
+            figures[f"mosaic_{method}_maps"] = fig_mosaic_maps[method]
+    results["figures"] = figures
+    return results
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    """``explanations.json`` (every metric) and ``explanations.npz`` (the figures' arrays) in a cell folder."""
+    from ..runs.files import write_json, write_npz_atomic
+
+    results = dict(results)
+    figures = results.pop("figures")
+    write_json(Path(run_dir) / RESULTS_FILE, results)
+    write_npz_atomic(Path(run_dir) / FIGURES_FILE, **figures)
+
+
+def finished_cells(paths) -> list[Path]:
+    """Cell folders to explain: each path is a finished cell (``best.pt`` and status ``done``) or a grid
+    folder, whose finished cells are taken. Raises ``ConfigError`` naming a path that is neither."""
+    from ..config import ConfigError
+    from ..runs.folder import cell_dirs, cell_status
+
+    cells: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a folder: give a finished cell's folder or a grid folder")
+        if (path / "best.pt").exists():
+            cells.append(path)
+            continue
+        found = [c for c in cell_dirs(path) if (c / "best.pt").exists() and cell_status(c) == "done"]
+        if not found:
+            raise ConfigError(f"{path} holds no best.pt and no finished cell: give a finished cell's folder "
+                              f"or a grid folder with finished cells")
+        cells += found
+    return cells
+
+
+def _fmt(stat: dict | None) -> str:
+    if not stat or stat.get("n", 0) == 0 or not np.isfinite(stat["mean"]):
+        return "-"
+    return f"{stat['mean']:.3f} ± {stat['sd']:.3f}"
+
+
+def results_table(results: list[dict], over: str = "tiles") -> str:
+    """A markdown table, one row per method, one column per metric.
+
+    ``over='tiles'`` (one cell): mean ± sd over its tiles (mosaic: over its mosaics' classes).
+    ``over='cells'`` (several cells, e.g. seeds): mean ± sd of the cells' means."""
+    methods = [m for m in METHODS if any(m in r["methods"] for r in results)]
+    metrics = [k for k in METRICS if any(k in r["methods"].get(m, {}) for r in results for m in methods)]
+    head = "| method | " + " | ".join(f"{k} ({'↑' if METRICS[k][0] == 'higher' else '↓'})" for k in metrics) + " |"
+    lines = [head, "|" + " --- |" * (len(metrics) + 1)]
+    for m in methods:
+        cells = []
+        for k in metrics:
+            if over == "tiles":
+                cells.append(_fmt(results[0]["methods"].get(m, {}).get(k)))
+            else:
+                cells.append(_fmt(_mean_sd([r["methods"][m][k]["mean"] for r in results
+                                            if k in r["methods"].get(m, {})])))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def explain_cells(paths, *, tiles: int = 1000, mosaic_count: int = 500, captum_tiles: int | None = None,
+                  seed: int = 0, device: str | None = None, data_root: str | None = None,
+                  log: Callable[[str], None] = print) -> list[dict]:
+    """The benchmark on every finished cell under ``paths``; writes each cell's ``explanations.json`` and
+    ``explanations.npz`` and returns the results. Bad paths are named before any cell is opened."""
+    from .explain import open_run
+
+    cells = finished_cells(paths)
+    out = []
+    for cell in cells:
+        log(f"{cell}: {tiles} tiles, {mosaic_count} mosaics")
+        exp = open_run(cell, data_root=data_root, device=device)
+        results = benchmark(exp, tiles=tiles, mosaic_count=mosaic_count, captum_tiles=captum_tiles, seed=seed,
+                            progress=True, log=log)
+        write_results(cell, results)
+        results.pop("figures")
+        near = " NEAR-EMPTY MAPS" if results["near_empty"] else ""
+        log(f"{cell}: head '{results['head']}', accuracy on these tiles {results['accuracy_on_tiles']:.4f}, head "
+            f"maps: largest value {results['head_map_max']:.3g}, area {results['head_area']:.3g}{near}; "
+            f"{results['seconds']:.0f} s\n" + results_table([results]))
+        out.append(results)
+    return out

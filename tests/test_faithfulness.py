@@ -1,0 +1,103 @@
+"""The explanation benchmark (slotlib.classify.faithfulness): its hand-written parts against cases
+computed by hand, and one small run end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from slotlib.classify.faithfulness import (METHODS, METRICS, assemble, centre_prior, mosaics, quadrant_shares,
+                                           randomised, results_table, spearman_rows)
+
+
+def test_quadrant_shares_by_hand():
+    maps = torch.zeros(3, 4, 4)
+    maps[0, :2, :2] = 1.0                      # all mass in the top left quadrant
+    maps[1] = 1.0                              # spread evenly
+    maps[1, 2:, 2:] = 3.0                      # bottom right holds 12 of 24
+    maps[2] = -1.0                             # no positive mass: chance
+    shares = quadrant_shares(maps, torch.tensor([0, 3, 1]))
+    assert shares.tolist() == pytest.approx([1.0, 0.5, 0.25])
+    # negative values are not mass: a map of +1 in its quadrant and -5 elsewhere puts all its mass there
+    neg = torch.full((1, 4, 4), -5.0)
+    neg[0, :2, 2:] = 1.0
+    assert quadrant_shares(neg, torch.tensor([1])).item() == pytest.approx(1.0)
+
+
+def test_spearman_rows_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, size=(5, 30)).astype(float)    # many ties
+    b = a + rng.normal(0, 1, size=a.shape)
+    ours = spearman_rows(a, b)
+    for row in range(5):
+        assert ours[row] == pytest.approx(spearmanr(a[row], b[row]).statistic)
+    assert np.isnan(spearman_rows(np.ones((1, 5)), np.arange(5.0)[None])[0])   # a constant row
+
+
+def test_mosaics_take_four_classes_and_assemble_row_major():
+    labels = np.repeat(np.arange(6), 3)
+    picks, classes = mosaics(np.arange(len(labels)), labels, 50, np.random.default_rng(1))
+    assert picks.shape == classes.shape == (50, 4)
+    assert all(len(set(row)) == 4 for row in classes)
+    assert (labels[picks] == classes).all()
+    quads = torch.stack([torch.full((3, 2, 2), float(q)) for q in range(4)])[None]  # [1,4,3,2,2]
+    mosaic = assemble(quads)[0, 0]
+    assert mosaic.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+
+
+def test_centre_prior_peaks_in_the_middle_and_is_symmetric():
+    c = centre_prior(8)[0]
+    assert c.shape == (8, 8)
+    assert torch.allclose(c, c.flip(0)) and torch.allclose(c, c.T)
+    assert c[3:5, 3:5].min() > c[0, 0] and c.max() <= 1
+
+
+def test_randomised_replaces_the_head_then_everything(tiny_run):
+    from slotlib.classify.explain import open_run
+
+    exp = open_run(tiny_run[0])
+    trained = exp.model.state_dict()
+    head = randomised(exp.model, exp.config, "head", 0).state_dict()
+    full = randomised(exp.model, exp.config, "all", 0).state_dict()
+    changed = {k for k, v in head.items() if v.is_floating_point() and not torch.equal(v, trained[k])}
+    assert changed and all(not k.startswith("backbone.") for k in changed)
+    assert any(k.startswith("backbone.") and v.is_floating_point() and not torch.equal(v, trained[k])
+               for k, v in full.items())
+    assert torch.equal(exp.model.state_dict()["head.initial_slots"], trained["head.initial_slots"])  # not in place
+
+
+def test_the_benchmark_writes_every_method_and_metric(tiny_run, isolated_cache, tmp_path):
+    import shutil
+
+    from slotlib.cli import main
+
+    cell = tmp_path / "cell"
+    shutil.copytree(tiny_run[0], cell)
+    assert main(["explain", str(cell), "--tiles", "6", "--mosaics", "3", "--captum-tiles", "3"]) == 0
+    results = json.loads((cell / "explanations.json").read_text())
+    assert set(results["methods"]) == set(METHODS)
+    for method in ("head", "gradcam"):
+        assert set(results["methods"][method]) == set(METRICS)
+    for floor in ("random", "centre"):
+        assert "random_head_rho" not in results["methods"][floor]
+    centre = results["methods"]["centre"]
+    assert centre["sensitivity"]["mean"] == 0.0           # a constant map does not move
+    assert centre["mosaic"]["mean"] == pytest.approx(0.25)  # symmetric: the same mass in every quadrant
+    assert results["methods"]["head"]["mosaic"]["n"] == 12  # 3 mosaics x 4 classes
+    assert results["methods"]["head"]["infidelity"]["n"] == 3
+    with np.load(cell / "explanations.npz") as figures:
+        assert figures["head_maps"].shape == figures["gradcam_maps"].shape
+        assert figures["mosaic_head_maps"].shape[1] == 4
+    table = results_table([results, results], over="cells")
+    assert table.count("\n") == 1 + len(METHODS) and "± 0.000" in table
+
+
+def test_explain_names_a_path_that_is_not_a_cell(tmp_path, capsys):
+    from slotlib.cli import main
+
+    assert main(["explain", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "finished cell" in err and err.count("\n") == 1
