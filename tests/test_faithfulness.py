@@ -101,3 +101,42 @@ def test_explain_names_a_path_that_is_not_a_cell(tmp_path, capsys):
     assert main(["explain", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "finished cell" in err and err.count("\n") == 1
+
+
+def test_explanations_notebook_benchmarks_a_cell_and_the_attention_notebook_shows_it(tiny_run, isolated_cache,
+                                                                                     tmp_path):
+    import shutil
+
+    import nbformat
+
+    from slotlib.runs import explanations
+    from slotlib.runs.grid import NOTEBOOKS, execute_notebook
+
+    cell = tmp_path / "grid" / "cell"
+    shutil.copytree(tiny_run[0], cell)
+    execute_notebook(NOTEBOOKS / "explanations.ipynb", tmp_path / "explanations.ipynb",
+                     {"dirs": [str(cell.parent)], "tiles": 6, "mosaics": 2, "captum_tiles": 2})
+    results = explanations.read_results(cell)
+    assert results["tiles"] == 6 and results["mosaics"] == 2
+    table = explanations.summary({"cell": results})
+    assert list(table["method"]) == list(METHODS) and (table["cells"] == 1).all()
+    executed = nbformat.read(tmp_path / "explanations.ipynb", as_version=4)
+    images = sum("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert images == 2
+    execute_notebook(NOTEBOOKS / "attention.ipynb", tmp_path / "attention.ipynb",
+                     {"run_dir": str(cell), "n_tiles": 2, "max_tiles": 10, "device": "cpu"})
+    shown = nbformat.read(tmp_path / "attention.ipynb", as_version=4)
+    out = [o for c in shown.cells if c.cell_type == "code" and "plot_head_vs_gradcam" in c.source for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in out) == 2
+    assert "gradcam" in str(out) and "No explanation benchmark" not in str(out)
+
+
+def test_a_near_empty_map_is_called_so_and_drawn_on_its_own_scale():
+    from slotlib.runs.report_figures import NEAR_EMPTY, map_scale
+
+    faint = map_scale(np.full((2, 3, 3), 0.036), bounded=True)
+    assert faint.near_empty and faint.vmax == pytest.approx(0.036)
+    assert "0.036" in faint.label() and "near-empty" in faint.caption()
+    strong = map_scale(np.array([0.0, 0.7]), bounded=True)
+    assert not strong.near_empty and strong.vmax == pytest.approx(0.7)
+    assert not map_scale(np.array([0.0, NEAR_EMPTY / 2]), bounded=False).near_empty   # CAM: unbounded units

@@ -14,24 +14,26 @@ from .explain import Predictions, predict_split, upsample
 
 
 def plot_attention(tiles: np.ndarray, maps: torch.Tensor, labels: Sequence[int], preds: Sequence[int],
-                   class_names: Sequence[str], classes: Sequence[int] | None = None, alpha: float = 0.55):
-    """One row per tile: the tile, then each class's map over it (colours from the tile's smallest to its
-    largest value). True class framed green, a wrong prediction framed and labelled red. ``tiles`` are
-    uint8 ``[B,H,W,3]``; ``maps [B,K,h,w]`` (any h, w: drawn bilinear at the tile's size). One image, so
-    it draws in a fraction of a second."""
+                   class_names: Sequence[str], classes: Sequence[int] | None = None, alpha: float = 0.55,
+                   bounded: bool = True):
+    """One row per tile: the tile, then each class's map over it, all on one colour scale from 0 to the
+    largest value drawn (the colour bar says it; near-empty maps of a ``bounded`` head are said to be).
+    True class framed green, a wrong prediction framed and labelled red. ``tiles`` are uint8
+    ``[B,H,W,3]``; ``maps [B,K,h,w]`` (any h, w: drawn bilinear at the tile's size). One image, so it
+    draws in a fraction of a second."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
-    from ..runs.report_figures import heatmap_mosaic
+    from ..runs.report_figures import heatmap_mosaic, map_scale
 
     classes = list(range(len(class_names))) if classes is None else list(classes)
     heat = maps[:, classes].float().cpu().numpy()                       # [B,C,h,w]
-    lo = heat.reshape(len(heat), -1).min(1)[:, None, None, None]
-    hi = heat.reshape(len(heat), -1).max(1)[:, None, None, None]
+    scale = map_scale(heat, bounded)
     where = {k: c for c, k in enumerate(classes)}
-    mosaic = heatmap_mosaic({"tiles": np.asarray(tiles), "maps": (heat - lo) / np.maximum(hi - lo, 1e-12),
+    mosaic = heatmap_mosaic({"tiles": np.asarray(tiles), "maps": heat,
                              "labels": [where.get(int(k), -1) for k in labels],
                              "preds": [where.get(int(k), -1) for k in preds]},
-                            list(range(len(tiles))), bounded=True, alpha=alpha)
+                            list(range(len(tiles))), scale.vmax, alpha=alpha)
     cell = mosaic.shape[1] / (len(classes) + 1)
     fig, ax = plt.subplots(figsize=(1.0 * (len(classes) + 1) + 2.0, 1.0 * len(tiles) + 1.0))
     ax.imshow(mosaic, interpolation="nearest")
@@ -45,6 +47,11 @@ def plot_attention(tiles: np.ndarray, maps: torch.Tensor, labels: Sequence[int],
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
+    if scale.near_empty:
+        ax.set_title(scale.note(), fontsize=9, color="darkred")
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, scale.vmax), cmap="jet"),
+                       ax=ax, fraction=0.025, pad=0.01)
+    bar.set_label(scale.label(), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -58,29 +65,39 @@ def plot_tiles(pred: "Predictions", class_names: Sequence[str], n: int = 6, seed
     """``n`` tiles of a prediction set, one row each, every class's map over it."""
     pick = np.sort(np.random.default_rng(seed).permutation(len(pred.labels))[:n])
     maps = upsample(pred.classes[pick], pred.tiles.shape[1])
-    return plot_attention(pred.tiles[pick], maps, pred.labels[pick].tolist(), pred.preds[pick].tolist(), class_names)
+    return plot_attention(pred.tiles[pick], maps, pred.labels[pick].tolist(), pred.preds[pick].tolist(), class_names,
+                          bounded=pred.bounded)
 
 
 def plot_mean_attention(pred: Predictions, class_names: Sequence[str]):
-    """For each class, its map averaged over the tiles of that class (where does the slot look?)."""
+    """For each class, its map averaged over the tiles of that class (where does the slot look?), every
+    class on one colour scale from 0 to the largest mean drawn."""
     import matplotlib.pyplot as plt
+
+    from ..runs.report_figures import map_scale
 
     k = len(class_names)
     cols = min(5, k)
     fig, axes = plt.subplots(math.ceil(k / cols), cols, figsize=(2.2 * cols, 2.3 * math.ceil(k / cols)), squeeze=False)
     maps = pred.classes
+    means = {c: maps[pred.labels == c, c].mean(0) for c in range(k) if (pred.labels == c).any()}
+    scale = map_scale(torch.stack(list(means.values())).numpy() if means else np.zeros(1), pred.bounded)
+    image = None
     for c, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
         if c >= k:
             ax.axis("off")
             continue
-        mine = maps[pred.labels == c, c]
-        if len(mine):
-            ax.imshow(upsample(mine.mean(0)[None, None], 64)[0, 0].numpy(), cmap="jet")
-        ax.set_title(f"{class_names[c]} (n={len(mine)})", fontsize=7)
-    fig.suptitle("mean attention of each class's slots over tiles of that class", fontsize=9)
+        n = int((pred.labels == c).sum())
+        if c in means:
+            image = ax.imshow(upsample(means[c][None, None], 64)[0, 0].numpy(), cmap="jet", vmin=0, vmax=scale.vmax)
+        ax.set_title(f"{class_names[c]} (n={n})", fontsize=7)
+    fig.suptitle("mean attention of each class's slots over tiles of that class"
+                 + (f"\n{scale.note()}" if scale.near_empty else ""), fontsize=9)
     fig.tight_layout()
+    if image is not None:
+        fig.colorbar(image, ax=list(axes.flat), fraction=0.02).set_label(scale.label(), fontsize=7)
     return fig
 
 
@@ -92,8 +109,13 @@ def plot_correct_and_wrong(pred: Predictions, class_names: Sequence[str], n: int
     right, wrong = np.flatnonzero(pred.labels == pred.preds), np.flatnonzero(pred.labels != pred.preds)
     pick = [rng.permutation(group)[:n] for group in (right, wrong)]
     rows = max(1, max(len(p) for p in pick))
+    from ..runs.report_figures import map_scale
+
     fig, axes = plt.subplots(rows, 6, figsize=(10, 1.8 * rows), squeeze=False)
     maps = upsample(pred.classes, pred.tiles.shape[1])
+    shown = [maps[i, [pred.labels[i], pred.preds[i]]] for group in pick for i in group]
+    scale = map_scale(torch.stack(shown).numpy() if shown else np.zeros(1), pred.bounded)
+    image = None
     for half, (group, title) in enumerate(zip(pick, ("correct", "wrong"))):
         for r in range(rows):
             cells = axes[r, 3 * half:3 * half + 3]
@@ -109,9 +131,13 @@ def plot_correct_and_wrong(pred: Predictions, class_names: Sequence[str], n: int
             cells[0].set_title(f"{title}: {class_names[pred.labels[i]]}", fontsize=7)
             for ax, k, what in ((cells[1], pred.labels[i], "true"), (cells[2], pred.preds[i], "pred")):
                 ax.imshow(pred.tiles[i])
-                ax.imshow(maps[i, k].numpy(), cmap="jet", alpha=0.55)
+                image = ax.imshow(maps[i, k].numpy(), cmap="jet", alpha=0.55, vmin=0, vmax=scale.vmax)
                 ax.set_title(f"{what} {class_names[k]}", fontsize=7)
+    if scale.near_empty:
+        fig.suptitle(scale.note(), fontsize=9, color="darkred")
     fig.tight_layout()
+    if image is not None:
+        fig.colorbar(image, ax=list(axes.flat), fraction=0.02).set_label(scale.label(), fontsize=7)
     return fig
 
 
@@ -120,6 +146,9 @@ def explorer(pred: Predictions, class_names: Sequence[str]):
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
+    from ..runs.report_figures import map_scale
+
+    scale = map_scale(pred.slots.numpy(), pred.bounded)      # one scale for every slot and tile
     per_class = pred.slots.shape[1] // pred.num_classes
     slot_options = [(f"{class_names[s // per_class]}" + (f" #{s % per_class + 1}" if per_class > 1 else ""), s)
                     for s in range(pred.slots.shape[1])]
@@ -151,8 +180,10 @@ def explorer(pred: Predictions, class_names: Sequence[str]):
             axes[0].set_title(f"true {class_names[pred.labels[i]]}, pred {class_names[pred.preds[i]]}", fontsize=8,
                               color="black" if pred.labels[i] == pred.preds[i] else "red")
             axes[1].imshow(pred.tiles[i])
-            axes[1].imshow(attn, cmap="jet", alpha=0.55)
-            axes[1].set_title(f"slot: {dict((v, k) for k, v in slot_options)[slot.value]}", fontsize=8)
+            axes[1].imshow(attn, cmap="jet", alpha=0.55, vmin=0, vmax=scale.vmax)
+            axes[1].set_title(f"slot: {dict((v, k) for k, v in slot_options)[slot.value]}\n"
+                              f"colours 0 to {scale.vmax:.3g}" + (" (near-empty maps)" if scale.near_empty else ""),
+                              fontsize=8)
             for ax in axes:
                 ax.axis("off")
             plt.show()

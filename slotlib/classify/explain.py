@@ -149,6 +149,7 @@ class Predictions:
     preds: np.ndarray        # [M]
     slots: torch.Tensor      # [M,S,h,w] per-slot attention on the token grid
     num_classes: int
+    bounded: bool = True     # the head's maps lie in [0, 1] (Head.bounded_attention)
 
     @property
     def classes(self) -> torch.Tensor:
@@ -172,7 +173,7 @@ def predict_split(exp, split: str = "test", limit: int | None = None, seed: int 
         preds.append(logits.argmax(1).cpu())
         slots.append(attn.float().cpu().view(len(images), -1, h, w))
     return Predictions(idx, tiles, exp.data.labels[idx], torch.cat(preds).numpy(), torch.cat(slots),
-                       exp.model.num_classes)
+                       exp.model.num_classes, bool(exp.model.head.bounded_attention))
 
 
 

@@ -55,25 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runs.explanations import FIGURES_FILE, METHODS, METRICS, RESULTS_FILE, mean_sd, results_table
+from ..runs.report_figures import NEAR_EMPTY
 from .explain import blurred, class_maps, deletion_insertion, eval_inputs, upsample
 
-METHODS = ("head", "gradcam", "random", "centre")
-# name -> (better direction, one line for tables)
-METRICS = {
-    "deletion_auc": ("lower", "RISE deletion AUC of the predicted class's probability"),
-    "insertion_auc": ("higher", "RISE insertion AUC"),
-    "ins_minus_del": ("higher", "insertion AUC minus deletion AUC"),
-    "infidelity": ("lower", "Captum infidelity (normalised)"),
-    "sensitivity": ("lower", "Captum sensitivity_max"),
-    "mosaic": ("higher", "share of a class's map mass in its own quadrant of a 2 x 2 mosaic (chance 0.25)"),
-    "random_head_rho": ("lower", "Spearman rho with the maps after re-initialising the head"),
-    "random_all_rho": ("lower", "Spearman rho with the maps after re-initialising head and backbone"),
-}
-RESULTS_FILE = "explanations.json"
-FIGURES_FILE = "explanations.npz"
 INFIDELITY_NOISE = 0.1        # sd of the Gaussian noise, in normalised input units
 SENSITIVITY_RADIUS = 0.02     # Captum's default L-inf radius, in normalised input units
-NEAR_EMPTY = 0.05             # a bounded head whose maps never exceed this is called near-empty
 
 
 class _Tap(nn.Identity):
@@ -201,13 +188,6 @@ def randomised(model: nn.Module, config, parts: str, seed: int) -> nn.Module:
     return out.to(next(model.parameters()).device).eval()
 
 
-def _mean_sd(values) -> dict[str, float]:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    return {"mean": float(v.mean()) if len(v) else float("nan"), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "n": int(len(v))}
-
-
 def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0, batch: int = 50,
               captum_tiles: int | None = None, methods: tuple[str, ...] = METHODS, progress: bool = False,
               log: Callable[[str], None] = print) -> dict:
@@ -313,7 +293,7 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
         "bounded": bool(model.head.bounded_attention),
         "settings": {"infidelity_noise_sd": INFIDELITY_NOISE, "sensitivity_radius": SENSITIVITY_RADIUS,
                      "perturb_samples": 10, "deletion_to": "black", "insertion_from": "blurred x8", "steps": 16},
-        "methods": {m: {k: _mean_sd(v) for k, v in per[m].items() if v} for m in methods},
+        "methods": {m: {k: mean_sd(v) for k, v in per[m].items() if v} for m in methods},
         "seconds": round(time.perf_counter() - started, 1),
     }
     results["near_empty"] = bool(results["bounded"] and results["head_map_max"] < NEAR_EMPTY)
@@ -324,7 +304,8 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
     figures = {"tiles": np.asarray(exp.data.images[chosen[shown]], dtype=np.uint8), "labels": labels[chosen[shown]],
                "preds": preds_np[shown],
                "mosaic_tiles": np.asarray(fig_mosaics, dtype=np.uint8), "mosaic_classes": fig_mosaic_classes,
-               "class_names": np.array(exp.class_names)}
+               "class_names": np.array(exp.class_names), "head": np.array(config.model.head),
+               "bounded": np.array(bool(model.head.bounded_attention))}
     for method in ("head", "gradcam"):
         if method in methods:
             figures[f"{method}_maps"] = ex.maps(method, images, target).cpu().numpy().astype(np.float32)
@@ -362,33 +343,6 @@ def finished_cells(paths) -> list[Path]:
                               f"or a grid folder with finished cells")
         cells += found
     return cells
-
-
-def _fmt(stat: dict | None) -> str:
-    if not stat or stat.get("n", 0) == 0 or not np.isfinite(stat["mean"]):
-        return "-"
-    return f"{stat['mean']:.3f} ± {stat['sd']:.3f}"
-
-
-def results_table(results: list[dict], over: str = "tiles") -> str:
-    """A markdown table, one row per method, one column per metric.
-
-    ``over='tiles'`` (one cell): mean ± sd over its tiles (mosaic: over its mosaics' classes).
-    ``over='cells'`` (several cells, e.g. seeds): mean ± sd of the cells' means."""
-    methods = [m for m in METHODS if any(m in r["methods"] for r in results)]
-    metrics = [k for k in METRICS if any(k in r["methods"].get(m, {}) for r in results for m in methods)]
-    head = "| method | " + " | ".join(f"{k} ({'↑' if METRICS[k][0] == 'higher' else '↓'})" for k in metrics) + " |"
-    lines = [head, "|" + " --- |" * (len(metrics) + 1)]
-    for m in methods:
-        cells = []
-        for k in metrics:
-            if over == "tiles":
-                cells.append(_fmt(results[0]["methods"].get(m, {}).get(k)))
-            else:
-                cells.append(_fmt(_mean_sd([r["methods"][m][k]["mean"] for r in results
-                                            if k in r["methods"].get(m, {})])))
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def explain_cells(paths, *, tiles: int = 1000, mosaic_count: int = 500, captum_tiles: int | None = None,

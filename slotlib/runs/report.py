@@ -87,6 +87,29 @@ def explanations(table: pd.DataFrame) -> pd.DataFrame:
     return ranked(table)[cols]
 
 
+def explanation_results(runs_dir: str | os.PathLike, table: pd.DataFrame) -> dict[str, dict]:
+    """The explanation benchmark's results (``explanations.json``, written by ``slotlib explain``) of the
+    finished cells that have them, best validation accuracy first."""
+    from .explanations import read_results
+
+    found = {}
+    for cell in ranked(table)["cell"]:
+        results = read_results(Path(runs_dir) / cell)
+        if results is not None:
+            found[cell] = results
+    return found
+
+
+def best_explained_per_head(results: dict[str, dict]) -> list[str]:
+    """Of the cells with benchmark results (best first), the first of each head."""
+    seen, out = set(), []
+    for cell, r in results.items():
+        if r["head"] not in seen:
+            seen.add(r["head"])
+            out.append(cell)
+    return out
+
+
 def failed(table: pd.DataFrame) -> pd.DataFrame:
     """Failed cells and cells whose run files are damaged, with the whole error of each."""
     return table[table["status"].isin(["failed", "damaged"])][["cell", "status", "error"]].reset_index(drop=True)

@@ -7,6 +7,7 @@ cell's ``maps.npz`` (:func:`slotlib.classify.explain.write_maps` writes it at th
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,55 @@ def plot_confusion(metrics: dict, title: str):
     return fig
 
 
+NEAR_EMPTY = 0.05   # a bounded head (range 0 to 1) whose drawn maps never exceed this has near-empty maps
+
+
+@dataclass(frozen=True)
+class MapScale:
+    """One colour scale for every map of a figure: 0 to the largest value drawn, said in the colour bar.
+
+    Each figure is stretched to its own largest value, so that maps with little attention still show
+    their structure; the label states the range, and maps of a bounded head (0 to 1) whose largest value
+    is under ``NEAR_EMPTY`` are called near-empty, so a stretch of near-zero maps is never taken for a
+    strong map. One scale for all of a figure's maps: maps are not stretched tile by tile."""
+
+    largest: float
+    bounded: bool
+
+    @property
+    def vmax(self) -> float:
+        return self.largest if self.largest > 0 else 1.0
+
+    @property
+    def near_empty(self) -> bool:
+        return self.bounded and self.largest < NEAR_EMPTY
+
+    def label(self, what: str | None = None) -> str:
+        """The colour bar's label, e.g. 'attention, 0 to 0.036 (largest drawn)'."""
+        what = what or ("attention" if self.bounded else "class activation")
+        return f"{what}, 0 to {self.vmax:.3g} (largest drawn)"
+
+    def caption(self) -> str:
+        """A sentence under a figure: the range drawn and what it is out of."""
+        out = (f"Colours from 0 to {self.vmax:.3g}, the largest value drawn"
+               + (" (attention is 0 to 1 per slot)" if self.bounded else "; negative class activation drawn as 0"))
+        return out + (f"; {self.note()}." if self.near_empty else ".")
+
+    def note(self) -> str:
+        """A sentence for the title when the maps are near-empty, else ''."""
+        if not self.near_empty:
+            return ""
+        return (f"near-empty maps: the largest attention drawn is {self.largest:.3g} of a possible 1 "
+                f"(colours stretched to it)")
+
+
+def map_scale(values, bounded: bool) -> MapScale:
+    """The scale of a figure drawing ``values`` (any shape; NaN ignored)."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    return MapScale(float(finite.max()) if finite.size else 0.0, bool(bounded))
+
+
 def _upsample(heat: np.ndarray, size: int) -> np.ndarray:
     """A token-grid map ``[h,w]`` to ``[size,size]``, bilinear (PIL, so the report needs no torch)."""
     from PIL import Image
@@ -110,10 +160,11 @@ def _upsample(heat: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
 
 
-def heatmap_mosaic(maps: dict[str, np.ndarray], rows: list[int], bounded: bool, cmap: str = "jet",
+def heatmap_mosaic(maps: dict[str, np.ndarray], rows: list[int], vmax: float, cmap: str = "jet",
                    alpha: float = 0.5, gap: int = 6, frame: int = 3) -> np.ndarray:
-    """One RGB image ``[R*(T+gap), (K+1)*(T+gap), 3]``: per row a tile, then each class's map blended over it;
-    the true class's panel framed green, a wrong prediction's red (drawn as one image: fast to render)."""
+    """One RGB image ``[R*(T+gap), (K+1)*(T+gap), 3]``: per row a tile, then each class's map blended over it,
+    coloured from 0 to ``vmax`` (:class:`MapScale`); the true class's panel framed green, a wrong prediction's
+    red (drawn as one image: fast to render)."""
     import matplotlib
 
     colours = matplotlib.colormaps[cmap]
@@ -124,7 +175,6 @@ def heatmap_mosaic(maps: dict[str, np.ndarray], rows: list[int], bounded: bool, 
     for r, i in enumerate(rows):
         tile = tiles[i].astype(float) / 255
         heat = maps["maps"][i].astype(float)                                    # [K,h,w]
-        vmax = 1.0 if bounded else (float(np.nanmax(heat)) or 1.0)
         y = r * cell + gap // 2
         out[y:y + t, gap // 2:gap // 2 + t] = tile
         for c in range(k):
@@ -148,8 +198,8 @@ def attention_bounded(maps: dict[str, np.ndarray]) -> bool:
 def plot_heatmaps(maps: dict[str, np.ndarray], title: str, per_class: int = 1):
     """Each class's attention over fixed test tiles: one row per tile (``per_class`` of each class),
     the tile, then every class's map overlaid on it. The true class's panel is framed green, the
-    predicted one red when it differs. Colours: attention from 0 to 1 for the slot heads (a class
-    with P slots can exceed 1); the linear head's class activation from 0 to the tile's largest."""
+    predicted one red when it differs. Colours: 0 to the largest value drawn, one scale for the whole
+    figure (:class:`MapScale`: the colour bar states it, and near-empty maps are said to be)."""
     import matplotlib
     import matplotlib.pyplot as plt
 
@@ -157,8 +207,8 @@ def plot_heatmaps(maps: dict[str, np.ndarray], title: str, per_class: int = 1):
     labels, preds, probs = maps["labels"], maps["preds"], maps["probs"].astype(float)
     k = len(names)
     rows = [int(i) for c in range(k) for i in np.flatnonzero(labels == c)[:per_class]]
-    is_bounded = attention_bounded(maps)
-    mosaic = heatmap_mosaic(maps, rows, is_bounded)
+    scale = map_scale(maps["maps"][rows], attention_bounded(maps))
+    mosaic = heatmap_mosaic(maps, rows, scale.vmax)
     cell = mosaic.shape[1] / (k + 1)
     fig, ax = plt.subplots(figsize=(1.0 * (k + 1) + 2.2, 1.0 * len(rows) + 1.2))
     ax.imshow(mosaic, interpolation="nearest")
@@ -171,10 +221,11 @@ def plot_heatmaps(maps: dict[str, np.ndarray], title: str, per_class: int = 1):
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
-    ax.set_title(title, fontsize=10)
-    norm = matplotlib.colors.Normalize(0, 1)
+    ax.set_title(title + (f"\n{scale.note()}" if scale.near_empty else ""), fontsize=10,
+                 color="darkred" if scale.near_empty else "black")
+    norm = matplotlib.colors.Normalize(0, scale.vmax)
     bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="jet"), ax=ax, fraction=0.025, pad=0.01)
-    bar.set_label("attention" if is_bounded else "class activation, 0 to the tile's largest", fontsize=8)
+    bar.set_label(scale.label(), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -186,15 +237,91 @@ def plot_mean_maps(maps: dict[str, np.ndarray], title: str):
     names = [str(n) for n in maps["class_names"]]
     mean = maps["mean_maps"].astype(float)
     fig, axes = plt.subplots(1, len(names), figsize=(1.1 * len(names) + 1, 1.9), squeeze=False)
-    is_bounded = attention_bounded(maps)
-    vmax = 1.0 if is_bounded else (float(np.nanmax(mean)) if np.isfinite(mean).any() else 1.0)
+    scale = map_scale(mean, attention_bounded(maps))
     for c, ax in enumerate(axes[0]):
-        image = ax.imshow(mean[c], cmap="viridis", vmin=0, vmax=vmax or 1.0)
+        image = ax.imshow(mean[c], cmap="viridis", vmin=0, vmax=scale.vmax)
         ax.set_title(names[c], fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     h, w = mean.shape[-2:]
-    fig.colorbar(image, ax=list(axes[0]), label="mean attention" if is_bounded else "mean class activation",
-                 fraction=0.02)
-    fig.suptitle(f"{title}: each class's map, mean over its test tiles ({h} x {w} tokens)", fontsize=9)
+    bar = fig.colorbar(image, ax=list(axes[0]), fraction=0.02)
+    bar.set_label(scale.label("mean attention" if scale.bounded else "mean class activation"), fontsize=6)
+    fig.suptitle(f"{title}: each class's map, mean over its test tiles ({h} x {w} tokens)"
+                 + (f"; {scale.note()}" if scale.near_empty else ""), fontsize=9)
+    return fig
+
+
+def _mosaic_image(tiles: np.ndarray) -> np.ndarray:
+    """Four uint8 tiles ``[4,T,T,3]`` -> one ``[2T,2T,3]`` image, row-major quadrants (as the benchmark's)."""
+    return np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:4], 1)], 0)
+
+
+def plot_head_vs_gradcam(figures: dict[str, np.ndarray], title: str, alpha: float = 0.55):
+    """The same test tiles (one per class) explained by the head's own map and by Grad-CAM, for the predicted
+    class, from a cell's ``explanations.npz``. The head's maps share one scale (:class:`MapScale`); Grad-CAM's
+    are pytorch-grad-cam's, each tile's scaled 0 to 1 by the package, which the label says."""
+    import matplotlib.pyplot as plt
+
+    names = [str(n) for n in figures["class_names"]]
+    tiles, labels, preds = figures["tiles"], figures["labels"], figures["preds"]
+    head, cam = figures["head_maps"].astype(float), figures["gradcam_maps"].astype(float)
+    scale = map_scale(head, bool(figures.get("bounded", False)))
+    n = len(tiles)
+    fig, axes = plt.subplots(3, n, figsize=(1.15 * n + 1.4, 4.8), squeeze=False)
+    fig.subplots_adjust(top=0.8 if scale.near_empty else 0.84, bottom=0.1, wspace=0.08, hspace=0.12)
+    for i in range(n):
+        for row, ax in enumerate(axes[:, i]):
+            ax.imshow(tiles[i], extent=(0, 1, 1, 0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        head_im = axes[1, i].imshow(head[i], cmap="jet", alpha=alpha, vmin=0, vmax=scale.vmax, extent=(0, 1, 1, 0))
+        cam_im = axes[2, i].imshow(cam[i], cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=(0, 1, 1, 0))
+        axes[0, i].set_title(f"{names[labels[i]]}\n→ {names[preds[i]]}", fontsize=7,
+                             color="black" if labels[i] == preds[i] else "red")
+    for row, text in enumerate(("tile", f"{figures.get('head', 'head')} map", "Grad-CAM")):
+        axes[row, 0].set_ylabel(text, fontsize=8)
+    fig.suptitle(title + (f"\n{scale.note()}" if scale.near_empty else ""), fontsize=9,
+                 color="darkred" if scale.near_empty else "black")
+    fig.colorbar(head_im, ax=list(axes[1]), fraction=0.02, pad=0.01).set_label(f"0 to {scale.vmax:.3g}", fontsize=7)
+    fig.colorbar(cam_im, ax=list(axes[2]), fraction=0.02, pad=0.01).set_label("0 to 1 per tile", fontsize=7)
+    fig.text(0.01, 0.005, f"Head maps: {scale.caption()} Grad-CAM: each tile's map scaled 0 to 1 by "
+                          f"pytorch-grad-cam.", fontsize=7, wrap=True)
+    return fig
+
+
+def plot_mosaic_maps(figures: dict[str, np.ndarray], title: str, alpha: float = 0.55, count: int = 2):
+    """2 x 2 mosaics of test tiles of four classes, and each of the four classes' maps on the mosaic: the
+    head's own (one scale for all, :class:`MapScale`) and Grad-CAM's (scaled 0 to 1 per map by
+    pytorch-grad-cam). A map that localises lights up its own class's quadrant, outlined in white."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    names = [str(n) for n in figures["class_names"]]
+    tiles, classes = figures["mosaic_tiles"], figures["mosaic_classes"]
+    count = min(count, len(classes))
+    rows = [("head", figures["mosaic_head_maps"].astype(float))]
+    if "mosaic_gradcam_maps" in figures:
+        rows.append(("Grad-CAM", figures["mosaic_gradcam_maps"].astype(float)))
+    scale = map_scale(rows[0][1][:count], bool(figures.get("bounded", False)))
+    fig, axes = plt.subplots(count * len(rows), 5, figsize=(7.4, 1.55 * count * len(rows) + 0.6), squeeze=False)
+    for m in range(count):
+        image = _mosaic_image(tiles[4 * m:4 * m + 4])
+        for r, (what, maps) in enumerate(rows):
+            line = axes[m * len(rows) + r]
+            line[0].imshow(image, extent=(0, 1, 1, 0))
+            line[0].set_ylabel(what, fontsize=8)
+            for q in range(4):
+                ax = line[q + 1]
+                ax.imshow(image, extent=(0, 1, 1, 0))
+                vmax = scale.vmax if what == "head" else 1.0
+                ax.imshow(maps[m, q], cmap="jet", alpha=alpha, vmin=0, vmax=vmax, extent=(0, 1, 1, 0))
+                ax.add_patch(Rectangle(((q % 2) / 2, (q // 2) / 2), 0.5, 0.5, fill=False, edgecolor="white", lw=1.5))
+                ax.set_title(names[classes[m, q]], fontsize=7)
+            for ax in line:
+                ax.set_xticks([])
+                ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.01, 0.005, f"Head maps: {scale.caption()} Grad-CAM: each map scaled 0 to 1 by pytorch-grad-cam. "
+                          f"White: the class's own quadrant.", fontsize=7, wrap=True)
     return fig
