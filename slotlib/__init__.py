@@ -32,6 +32,7 @@ run-folder code, and import nothing of each other.
       fit.py             two stages, best checkpoint, resume, test once (train)
       frozen.py          a head on cached frozen features: how fast it starts
       explain.py         per-class attention maps, explanation metrics, predictions
+      faithfulness.py    `slotlib explain`: head maps against Grad-CAM and chance (explanations.json)
       attention_plots.py heatmaps over tiles, the interactive explorer
       plots.py           data, learning curves, confusion matrix, per-class accuracy
       bench.py           `slotlib bench` (bench_reference.py, bench_format.py)
@@ -45,8 +46,13 @@ run-folder code, and import nothing of each other.
       folder.py          reading a cell folder (status, report, resume, grid)
       grid.py            params file -> cells -> one papermill run per cell
       report.py          the grid's table and HTML report
+      explanations.py    the explanation benchmark's files and tables (no torch)
     runtime.py         device, precision, seeds, versions; NonFiniteLossError
-    cli.py             `slotlib describe | train | grid | status | report | bench`
+    cli.py             `slotlib describe | train | grid | status | report | explain | bench`
 """
 
 __version__ = "0.1.0"
+
+# slotlib.config imports slotlib.heads, whose files import slotlib.config.fields: loading config first
+# makes every import order work (`from slotlib.heads.scouter import ...` on its own included).
+from . import config as _config  # noqa: E402,F401

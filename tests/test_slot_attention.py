@@ -222,3 +222,21 @@ def test_slot_head_scores_each_class_with_its_own_layer():
         SlotClassifierHead(K, D, score="mean")
     with pytest.raises(ValueError, match="rescale"):
         ScouterSlotAttention(K, D, rescale="abs")
+
+
+@pytest.mark.parametrize("iters", [1, 2])
+def test_slot_head_attention_score_is_the_share_of_the_tile_each_class_wins(iters):
+    from slotlib.heads.slot import SlotClassifierHead
+
+    torch.manual_seed(0)
+    head = SlotClassifierHead(K, D, slots_per_class=2, iters=iters, score="attention")
+    logits, attn = head(torch.rand(B, N, D), torch.rand(1, N, D))
+    share = attn.view(B, K, 2, N).sum(2).mean(-1)                       # by hand: class k's slots' mean attention
+    torch.testing.assert_close(logits.softmax(1), share)
+    (logits.sum() + attn.sum()).backward()
+    unused = [name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert unused == []
+    if iters == 1:   # one attention-only iteration owns no value projection, GRU or MLP
+        assert not any(part in name for name, _ in head.named_parameters() for part in ("gru", "mlp", "to_v"))
+        with pytest.raises(ValueError, match="one attention-only iteration"):
+            head.attention(torch.rand(B, N, D), head.init(B), iters=2)

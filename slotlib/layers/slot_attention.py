@@ -32,29 +32,40 @@ class SlotAttention(nn.Module):
     detached, plus a straight-through term that hands their gradient to the initial slots
     (Jia et al.'s BO-QSA; Chang et al.'s first-order implicit differentiation). The forward pass is
     unchanged; training is steadier and the backward pass cheaper.
+
+    ``attention_only=True`` is for a reader of the attention alone (the slot head's ``slot_score:
+    attention``): the last iteration stops once its attention is computed, so the slots returned are
+    those that made it; with one iteration the module has no value projection, GRU or MLP at all.
     """
 
     def __init__(self, dim: int, iters: int = 3, mlp_hidden: int | None = None, eps: float = 1e-8,
-                 bilevel: bool = False) -> None:
+                 bilevel: bool = False, attention_only: bool = False) -> None:
         super().__init__()
         self.iters, self.eps, self.scale, self.bilevel = iters, eps, dim ** -0.5, bilevel
+        self.attention_only = attention_only
         self.norm_inputs = nn.LayerNorm(dim)
         self.norm_slots = nn.LayerNorm(dim)
-        self.norm_mlp = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(dim, dim, bias=False)
-        self.to_v = nn.Linear(dim, dim, bias=False)
-        self.gru = nn.GRUCell(dim, dim)
-        hidden = mlp_hidden or 2 * dim
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.updates = not (attention_only and iters == 1)
+        if self.updates:
+            self.norm_mlp = nn.LayerNorm(dim)
+            self.to_v = nn.Linear(dim, dim, bias=False)
+            self.gru = nn.GRUCell(dim, dim)
+            hidden = mlp_hidden or 2 * dim
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
     def forward(self, inputs: torch.Tensor, slots: torch.Tensor,
                 iters: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``iters`` overrides the module's iteration count for this call (e.g. more at test time)."""
         b, n, d = inputs.shape
         iters = iters or self.iters
+        if iters > 1 and not self.updates:
+            raise ValueError("this SlotAttention was built for one attention-only iteration (no GRU); "
+                             f"it cannot run {iters}")
         inputs = self.norm_inputs(inputs)                               # [B,N,D]
-        k, v = self.to_k(inputs), self.to_v(inputs)                     # [B,N,D] each
+        k = self.to_k(inputs)                                           # [B,N,D]
+        v = self.to_v(inputs) if self.updates else None                # [B,N,D]
         init = slots                                                    # [B,S,D]
         for i in range(iters):
             if self.bilevel and i == iters - 1:
@@ -65,6 +76,8 @@ class SlotAttention(nn.Module):
             q = self.to_q(self.norm_slots(slots))                       # [B,S,D]
             dots = torch.einsum("bsd,bnd->bsn", q, k) * self.scale      # [B,S,N]
             attn = dots.softmax(dim=1)                                  # [B,S,N] over slots: slots compete for tokens
+            if self.attention_only and i == iters - 1:
+                return slots, attn
             weights = attn + self.eps
             weights = weights / weights.sum(dim=2, keepdim=True)        # [B,S,N] weighted mean over tokens
             updates = torch.einsum("bsn,bnd->bsd", weights, v)          # [B,S,D]
