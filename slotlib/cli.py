@@ -203,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(describe(args.params, parse_set(args.overrides)), indent=2))
         elif args.command == "train":
             from .classify.losses import HeadCollapseError
+            from .runs.files import check_out_folder
+            check_out_folder(args.out)
             from .runtime import NonFiniteLossError
             try:
                 metrics = train(args.params, args.out, parse_set(args.overrides), args.cell, not args.no_progress)
@@ -212,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({k: metrics.get(k) for k in ("status", "best_val_acc", "best_stage", "best_epoch",
                                                           "test_acc", "wall_seconds")}))
         elif args.command == "grid":
+            from .runs.files import check_out_folder
             from .runs.grid import run_grid
+            check_out_folder(args.out)
             devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
             if args.backend == "ray" and not args.dry_run:
                 if args.jobs != 1 or devices:
@@ -258,6 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (ConfigError, FileNotFoundError) as err:  # bad parameters, or data/weights not where they were said to be
         print(f"slotlib: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:   # a full disk, a read-only folder: one sentence; anything else is a bug to see whole
+        from .runs.files import write_problem
+        problem = write_problem(err)
+        if problem is None:
+            raise
+        print(f"slotlib: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

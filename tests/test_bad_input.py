@@ -133,6 +133,25 @@ PROBES = {
     "--set bad value blames --set": (lambda p: ["describe", p.params(), "--set", "dropout=abc"], "(in --set)"),
     "--set of a grid axis": (lambda p: ["describe", p.text("g.yaml", "grid: {head: [slot, linear]}\n"),
                                         "--set", "head=scouter"], "is a grid axis"),
+    "duplicate key in a params file": (lambda p: ["describe", p.text("d.yaml", "base:\n  stage1_epochs: 1\n"
+                                                                      "  stage1_epochs: 3\n")],
+                                       "gives the key 'stage1_epochs' twice, on lines 2 and 3"),
+    "duplicate base block": (lambda p: ["describe", p.text("d.yaml", "base:\n  image_size: 64\nbase:\n  head: slot\n")],
+                             "gives the key 'base' twice, on lines 1 and 3"),
+    "infinite learning rate in a file": (lambda p: ["describe", p.text("i.yaml", "base: {stage1_lr: .inf}\n")],
+                                         "'stage1_lr' must be a finite number"),
+    "1e999 in a file": (lambda p: ["describe", p.text("i.yaml", "base: {stage2_lr: 1e999}\n")],
+                        "'stage2_lr' must be a finite number"),
+    "NaN on --set": (lambda p: ["describe", p.params(), "--set", "dropout=.nan"], "'dropout' must be a finite number"),
+    "params path is a folder": (lambda p: ["describe", str(p.tmp)], "is a folder; pass the path of a YAML file"),
+    "params file not UTF-8": (lambda p: ["describe", (p.tmp / "b.yaml").write_bytes(b"base:\n  head: \xff\xfe\n")
+                                         and str(p.tmp / "b.yaml")], "is not UTF-8 text"),
+    "--out is a file": (lambda p: ["grid", p.params(), "--out", p.text("f.txt", "x"), "--dry-run"],
+                        "is a file; name a folder"),
+    "--out inside a file": (lambda p: p.train(out="f.txt/run") if p.text("f.txt", "x") else None,
+                            "which is a file; name a folder elsewhere"),
+    "--out empty, train": (lambda p: p.train()[:3] + ["", "--no-progress"], "--out is empty"),
+    "--out empty, grid": (lambda p: ["grid", p.params(), "--out", "", "--dry-run"], "--out is empty"),
     "report of an empty folder": (lambda p: (os.mkdir(p.tmp / "empty"), ["report", str(p.tmp / "empty")])[1],
                                   "holds no cell folders"),
     "grid folder of another params file": (_other_grid, "made from another params file"),
@@ -228,3 +247,28 @@ def test_resume_refuses_other_tiles(probe, capsys):
     capsys.readouterr()
     assert main(probe.train(**params)) == 2
     assert "was started on other tiles" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_sentence_and_the_run_resumes(probe, capsys, monkeypatch):
+    """Training that meets a full disk stops with one sentence and exit 2; the same command then resumes."""
+    import errno as errno_
+
+    from slotlib.classify import fit
+
+    real = fit.save_torch_atomic
+    calls = {"n": 0}
+
+    def full(obj, path):
+        calls["n"] += 1
+        if calls["n"] == 2:          # best.pt of stage 1 is written, then the disk is full
+            raise OSError(errno_.ENOSPC, "No space left on device", str(path))
+        return real(obj, path)
+
+    monkeypatch.setattr(fit, "save_torch_atomic", full)
+    argv = probe.train()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "No space left on device" in err and "free some space" in err and len(err.splitlines()) == 1
+    assert not list((probe.tmp / "run").glob("*.tmp*"))
+    monkeypatch.setattr(fit, "save_torch_atomic", real)
+    assert main(argv) == 0

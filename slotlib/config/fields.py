@@ -7,6 +7,7 @@ the key and what would be valid.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
@@ -85,8 +86,17 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
     if not _fits(value, hint):
         _bad_type(name, value, hint, where)
     if typing.get_origin(hint) is tuple:
+        if not all(math.isfinite(v) for v in value):
+            _not_finite(name, value, where)
         return tuple(float(v) for v in value)
+    if hint is float and not math.isfinite(value):
+        _not_finite(name, value, where)
     return float(value) if hint is float else value
+
+
+def _not_finite(name: str, value: Any, where: str) -> typing.NoReturn:
+    """Infinity and NaN (``.inf`` or ``1e999`` in a file) are refused as on ``--set``, before training."""
+    raise ConfigError(f"parameter '{name}' must be a finite number, got {value!r}{where_suffix(where)}")
 
 
 def _fits(value: Any, hint: Any) -> bool:

@@ -130,15 +130,45 @@ def _id_value(v: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "", text)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(f"gives the key '{key}' twice, on lines {seen[key]} and {line}; keep one "
+                                    f"(YAML would silently keep the last)")
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params_file(path: str | os.PathLike) -> ParamsFile:
     """Read and validate a parameters file; every cell is resolved so any bad value fails now."""
     path = str(path)
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.load(f, Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"parameters file '{path}' does not exist; pass the path of a YAML file such as "
                           f"params/demo.yaml") from None
+    except IsADirectoryError:
+        raise ConfigError(f"parameters file '{path}' is a folder; pass the path of a YAML file in it, such as "
+                          f"params/demo.yaml") from None
+    except PermissionError:
+        raise ConfigError(f"parameters file '{path}' cannot be read (permission denied); make it readable or "
+                          f"copy it somewhere readable") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"parameters file '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8 "
+                          f"YAML") from None
+    except _DuplicateKey as err:
+        raise ConfigError(f"parameters file '{path}' {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"parameters file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
     if not raw and raw != []:   # None (no YAML at all) or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -95,3 +96,39 @@ def run_lock(out_dir: Path, wait_s: float = 15.0):
                     raise ConfigError(f"another process is training in {out_dir}; wait for it or stop it") from None
                 time.sleep(0.2)
         yield
+
+
+def check_out_folder(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse, in one sentence, an output folder that cannot be one: empty, a file, inside a file, or
+    under a folder this process cannot write (a read-only filesystem, another user's folder)."""
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; name the folder to write into, e.g. {flag} outputs/run1")
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{flag} '{path}' is a file; name a folder (it is created if missing)")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} '{path}' is inside '{existing}', which is a file; name a folder elsewhere")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} '{path}' cannot be written: '{existing}' is read-only or not writable by this "
+                          f"user; choose a writable folder")
+
+
+# errno values that mean "this path cannot be written": said in one sentence, not a traceback
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def write_problem(err: OSError) -> str | None:
+    """One sentence for a file-system fault met while writing a run (a full disk, a read-only folder),
+    or None for any other error. Nothing written before is lost: files are replaced atomically, and the
+    same command resumes from last.pt once the cause is fixed."""
+    if err.errno not in WRITE_ERRNOS:
+        return None
+    where = f" ({err.filename})" if err.filename else ""
+    remedy = ("free some space" if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+              else "make the folder writable or choose another --out")
+    return (f"could not write{where}: {err.strerror or err}; {remedy}, then run the same command again "
+            f"(a run resumes from its last.pt)")
