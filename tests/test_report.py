@@ -153,3 +153,18 @@ def test_grid_axes_of_a_list_of_products(tmp_path):
 def test_axis_labels_name_null_and_whole_numbers_as_written():
     assert [report_figures.axis_label(v) for v in (None, float("nan"), 32.0, 0.05, "scouter", True)] == [
         "null", "null", "32", "0.05", "scouter", "True"]
+
+
+def test_html_in_folder_names_and_values_never_becomes_a_live_element(tmp_path):
+    """A report is a file people send each other: every string from a folder, a file or a parameter is
+    escaped wherever it appears, Markdown headings included (issue 34)."""
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"base": {}, "grid": {"head": ["scouter"]}}))
+    evil = "<img src=x onerror=alert(1)>"
+    write_cell(tmp_path, f"{evil}_seed0-ee", "scouter", 0, 0.9, 0.9)
+    write_cell(tmp_path, "<script>alert(2)</script>-ff", "linear", 0, 0.8, 0.8)
+    write_cell(tmp_path, "failed-gg", "linear", 1, None, None, status="failed", error="<b onmouseover=alert(3)>x</b>")
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    for live in ("<img src=x", "<script>alert", "<b onmouseover"):
+        assert live not in page, live
+    assert "&lt;img src=x onerror=alert" in page   # shown as text

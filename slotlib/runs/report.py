@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,15 @@ REFERENCE = {"test_acc": 0.9854, "n_params": 2_660_000,
              "what": "MobileViT-v2 0.75 + SCOUTER, 224 px, 55 + 45 GPU epochs (params/reference_best.yaml)"}
 PERCENT_COLUMNS = ("best_val_acc", "test_acc", "test_acc_plain", "val_acc_tta", "val_mean", "val_std", "test_mean",
                    "test_std", "stage1_best_val_acc")
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()<>!|#~])")   # what can make emphasis, code, a link or a tag
+
+
+def md(value) -> str:
+    """Text from a folder name, a file or a parameter, safe inside Markdown: HTML-escaped and Markdown's
+    punctuation backslash-escaped, so it shows as written and never becomes a live element or a link."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(value), quote=True))
 
 
 def pct(value, digits: int = 2) -> str:
