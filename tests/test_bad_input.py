@@ -272,3 +272,36 @@ def test_a_full_disk_is_one_sentence_and_the_run_resumes(probe, capsys, monkeypa
     assert not list((probe.tmp / "run").glob("*.tmp*"))
     monkeypatch.setattr(fit, "save_torch_atomic", real)
     assert main(argv) == 0
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda cell: (cell / "metrics.json").write_text(json.dumps(
+        {**json.loads((cell / "metrics.json").read_text()), "test_acc": 2.0})), "'test_acc' is 2.0"),
+    (lambda cell: (cell / "metrics.json").write_text(json.dumps(
+        {**json.loads((cell / "metrics.json").read_text()), "best_val_acc": -3.0})), "'best_val_acc' is -3.0"),
+    (lambda cell: (cell / "params.yaml").write_text(
+        (cell / "params.yaml").read_text().replace("stage2_epochs: 0", "stage2_epochs: 7")), "edited after the run"),
+    (lambda cell: [(cell / f).unlink() for f in ("metrics.json",)] and (cell / "params.yaml").write_text(""),
+     "params.yaml is damaged (empty)"),
+])
+def test_a_finished_cell_is_checked_on_read(damage, fragment, probe, capsys):
+    """A hand-edited params.yaml, an accuracy outside [0, 1], or a lone empty params.yaml: the cell is
+    damaged with one sentence in status and the report, never ranked, and its files are left as they are."""
+    from slotlib.runs import report
+
+    grid = probe.tmp / "grid"
+    cell = probe.finished_cell("grid/cell")
+    params = yaml.safe_load((cell / "params.yaml").read_text())
+    (cell / "metrics.json").write_text(json.dumps({"status": "done", "cell_id": "cell", "params": params,
+                                                    "best_val_acc": 0.9, "test_acc": 0.9}))
+    probe.finished_cell("grid/good").joinpath("metrics.json").write_text(json.dumps(
+        {"status": "done", "params": params, "best_val_acc": 0.5, "test_acc": 0.5}))
+    damage(cell)
+    before = {p.name: p.read_bytes() for p in cell.iterdir()}
+    assert main(["status", str(grid)]) == 0
+    out = capsys.readouterr().out
+    assert "damaged" in out and fragment in out
+    table = report.collect(grid)
+    assert list(report.ranked(table)["cell"]) == ["good"]
+    assert table.set_index("cell").loc["cell", "status"] == "damaged"
+    assert {p.name: p.read_bytes() for p in cell.iterdir()} == before

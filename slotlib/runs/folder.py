@@ -49,7 +49,34 @@ def read_metrics(cell_dir: str | os.PathLike) -> dict | None:
         raise _damaged(path, f"not JSON: {err}", remedy) from None
     if not isinstance(metrics, dict) or metrics.get("status") not in STATUSES:
         raise _damaged(path, f"not a JSON object with a 'status' of {', '.join(STATUSES)}", remedy)
+    for key in ACCURACIES:
+        value = metrics.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and (0 <= value <= 1 or math.isnan(value))):
+            raise _damaged(path, f"'{key}' is {value!r}; an accuracy is a fraction from 0 to 1", remedy)
+    if metrics["status"] == "done":
+        _check_params_match(Path(cell_dir), metrics)
     return metrics
+
+
+ACCURACIES = ("best_val_acc", "test_acc", "test_acc_plain", "val_acc_tta", "stage1_best_val_acc")
+
+
+def _check_params_match(cell_dir: Path, metrics: dict) -> None:
+    """A finished cell's params.yaml must still be the parameters its run recorded in metrics.json
+    ('params'): one edited by hand after the run is damaged, so it is neither skipped as done nor
+    ranked. (Compared as written, not by recomputing the id: a later change of a default must not
+    make old cells look edited.)"""
+    recorded = metrics.get("params")
+    path = cell_dir / PARAMS
+    if not isinstance(recorded, dict) or not path.exists():
+        return
+    params = read_params(cell_dir) or {}
+    if params != recorded:
+        changed = sorted(k for k in set(params) | set(recorded) if params.get(k) != recorded.get(k))
+        raise _damaged(path, f"'{changed[0]}' is {params.get(changed[0])!r} there but {recorded.get(changed[0])!r} "
+                             f"in metrics.json: edited after the run",
+                       "restore it from metrics.json's 'params', or delete the cell folder to run it again")
 
 
 def cell_status(cell_dir: Path) -> str:
@@ -68,7 +95,7 @@ def read_params(cell_dir: str | os.PathLike) -> dict[str, Any] | None:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise _damaged(path, f"not YAML: {str(err).splitlines()[0]}", "delete it; the run rewrites it") from None
     if params is None:
-        return {}
+        raise _damaged(path, "empty", "delete it; the run writes it again when the cell runs")
     if not isinstance(params, dict):
         raise _damaged(path, "not a mapping of parameter names to values", "delete it; the run rewrites it")
     return params

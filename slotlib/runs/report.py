@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import grid_products
-from .folder import DamagedRunFile, cell_dirs, grid_copies, read_maps, read_metrics
+from .folder import DamagedRunFile, cell_dirs, grid_copies, read_maps, read_metrics, read_params
 from .grid import NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
@@ -50,6 +50,8 @@ def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
     for cell_dir in cell_dirs(runs_dir):
         try:
             m = read_metrics(cell_dir)
+            if m is None:
+                read_params(cell_dir)   # a folder with a damaged (e.g. empty) params.yaml only is said to be
         except DamagedRunFile as err:   # listed with its problem; the other cells still report
             rows.append({"cell": cell_dir.name, "status": "damaged", "error": str(err)})
             continue
