@@ -305,3 +305,20 @@ def test_a_finished_cell_is_checked_on_read(damage, fragment, probe, capsys):
     assert list(report.ranked(table)["cell"]) == ["good"]
     assert table.set_index("cell").loc["cell", "status"] == "damaged"
     assert {p.name: p.read_bytes() for p in cell.iterdir()} == before
+
+
+def test_a_second_grid_on_the_same_folder_is_refused_before_it_writes(probe, capsys):
+    """Two `slotlib grid` on one --out: the second is refused with one sentence, and never writes a status
+    into the first one's live cell."""
+    import fcntl
+
+    out = probe.tmp / "grid"
+    out.mkdir()
+    with open(out / ".grid.lock", "w") as held:          # the first grid, still running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        before = sorted(p.name for p in out.iterdir())
+        assert main(["grid", probe.params(), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "another slotlib grid is running on" in err and len(err.splitlines()) == 1
+        assert sorted(p.name for p in out.iterdir()) == before
+        assert main(["grid", probe.params(), "--out", str(out), "--dry-run"]) == 0   # reading is fine

@@ -98,6 +98,22 @@ def run_lock(out_dir: Path, wait_s: float = 15.0):
         yield
 
 
+@contextlib.contextmanager
+def grid_lock(out_root: Path):
+    """One ``slotlib grid`` per grid folder: a second one on the same ``--out`` is refused before it reads
+    or writes anything there, so it can never mark a live cell of the first as failed."""
+    import fcntl
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    with open(out_root / ".grid.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another slotlib grid is running on {out_root}; wait for it to finish (or stop "
+                              f"it), or give this one another --out") from None
+        yield
+
+
 def check_out_folder(path: str | os.PathLike, flag: str = "--out") -> None:
     """Refuse, in one sentence, an output folder that cannot be one: empty, a file, inside a file, or
     under a folder this process cannot write (a read-only filesystem, another user's folder)."""
