@@ -187,8 +187,12 @@ def test_pretrained_file_loads_local_weights():
     state = torch.load(SHARED_WEIGHTS, weights_only=True)
     torch.testing.assert_close(model.backbone.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
     assert round(model.parameter_counts()["n_params"] / 1e6, 2) == 1.97
-    with pytest.raises(ConfigError, match="pretrained_file.*do not fit"):
+    with pytest.raises(ConfigError, match="pretrained_file.*do not fit") as err:
         build(backbone="resnet18", pretrained_file=str(SHARED_WEIGHTS))
+    # the sentence names the first missing, unexpected or misshapen key, and the likely cause
+    assert any(k in str(err.value) for k in ("missing: ", "unexpected: ", "wrong shape: "))
+    assert "another model's" in str(err.value)
+    assert not str(err.value).rstrip().endswith(":")
 
 
 def test_pretrained_file_missing_is_a_clear_error(tmp_path):

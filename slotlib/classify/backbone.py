@@ -74,8 +74,28 @@ def create_backbone(cfg: ModelConfig, pretrained: bool | None = None, image_size
                           f"a folder holding {cfg.backbone}*.pth (or .safetensors), 'pretrained_file' to a weights "
                           f"file, or 'pretrained: false'") from None
     except RuntimeError as err:  # state_dict keys or shapes do not fit
-        raise ConfigError(f"weights in {source} do not fit timm '{cfg.backbone}': "
-                          f"{str(err).splitlines()[0]}") from None
+        raise ConfigError(f"weights in {source} do not fit timm '{cfg.backbone}' ({load_problem(err)}): they are "
+                          f"probably another model's; name the file of this backbone's weights, or set "
+                          f"'pretrained: false'") from None
+
+
+def load_problem(err: RuntimeError) -> str:
+    """torch's load_state_dict error in a few words: the first missing and unexpected key, or the first
+    shape mismatch (torch puts them on lines after a heading that ends with a colon)."""
+    text = str(err)
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: \"([^\"]+)\""),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: \"([^\"]+)\""),
+                           ("wrong shape", r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\)"
+                                           r" from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")):
+        found = re.search(pattern, text)
+        if found:
+            parts.append(f"{label}: {found.group(1)}" + (f" ({found.group(2)} in the file, {found.group(3)} in the "
+                                                         f"model)" if found.lastindex == 3 else ""))
+    if not parts:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else type(err).__name__
+    return "; ".join(parts)
 
 
 TIMM_LOAD_LOG = "timm.models._builder"   # the logger of timm's load_pretrained
