@@ -322,3 +322,14 @@ def test_a_second_grid_on_the_same_folder_is_refused_before_it_writes(probe, cap
         assert "another slotlib grid is running on" in err and len(err.splitlines()) == 1
         assert sorted(p.name for p in out.iterdir()) == before
         assert main(["grid", probe.params(), "--out", str(out), "--dry-run"]) == 0   # reading is fine
+
+
+def test_an_eleventh_class_folder_is_named_in_the_log(probe, capsys):
+    data = probe.other_data(per_class=2)
+    (data / "eurosat" / "2750" / "Glacier").mkdir()
+    from slotlib.data.eurosat import load_eurosat
+
+    ds = load_eurosat(data)
+    assert len(ds.classes) == 10
+    err = capsys.readouterr().err
+    assert "Glacier" in err and "not read" in err

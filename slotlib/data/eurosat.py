@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import urllib.error
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -232,6 +233,10 @@ def load_eurosat(
     """
     limit = None if per_class_limit is None else check_per_class_limit(per_class_limit)
     image_dir = locate_or_download(data_root, download=download)
+    extra = sorted(p.name for p in image_dir.iterdir() if p.is_dir() and p.name not in EUROSAT_CLASSES)
+    if extra:   # said once in the run's log, so a user's eleventh class is never dropped silently
+        print(f"data: {len(extra)} folder(s) beside EuroSAT's 10 class folders in {image_dir} are not read: "
+              f"{', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}", file=sys.stderr)
     paths, labels, sizes = list_tiles(image_dir)
     fingerprint = fingerprint_of(paths, sizes)
 
