@@ -152,6 +152,12 @@ PROBES = {
                             "which is a file; name a folder elsewhere"),
     "--out empty, train": (lambda p: p.train()[:3] + ["", "--no-progress"], "--out is empty"),
     "--out empty, grid": (lambda p: ["grid", p.params(), "--out", "", "--dry-run"], "--out is empty"),
+    "a grid of a million cells": (lambda p: ["grid", p.text("big.yaml", yaml.safe_dump({"grid": {
+        k: [0.1 * i for i in range(10)] for k in ("dropout", "lambda_area", "weight_decay", "label_smoothing",
+                                                 "stage1_lr", "stage2_lr")}})), "--out", str(p.tmp / "g"), "--dry-run"],
+                                  "has 1,000,000 cells (10 x 10 x 10 x 10 x 10 x 10), more than the limit"),
+    "a class folder missing, grid": (lambda p: (setattr(p, "data", p.other_data(drop="River")),
+                                                ["grid", p.params(), "--out", str(p.tmp / "g")])[1], "missing: River"),
     "report of an empty folder": (lambda p: (os.mkdir(p.tmp / "empty"), ["report", str(p.tmp / "empty")])[1],
                                   "holds no cell folders"),
     "grid folder of another params file": (_other_grid, "made from another params file"),

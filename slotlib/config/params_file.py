@@ -16,6 +16,7 @@ The notebook decides the parameter set: :class:`Config` for train.ipynb (the cla
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import types
@@ -177,6 +178,9 @@ def load_params_file(path: str | os.PathLike) -> ParamsFile:
     return parse_params(raw, path)
 
 
+MAX_CELLS = 5000   # cells one params file may span; each is resolved and checked before anything runs
+
+
 def parse_params(raw: Any, path: str = "<params>") -> ParamsFile:
     if not isinstance(raw, dict):
         raise ConfigError(f"parameters file '{path}' must be a mapping with keys {', '.join(TOP_KEYS)}")
@@ -213,6 +217,12 @@ def parse_params(raw: Any, path: str = "<params>") -> ParamsFile:
             raise ConfigError(f"'seeds' in {path} must be a non-empty list of integers, got {seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"'seeds' in {path} lists a seed twice: {seeds!r}")
+    sizes = [math.prod(len(v) for v in g.values()) * len(seeds or [None]) for g in products]
+    if sum(sizes) > MAX_CELLS:   # refused before any cell is built: 10^6 cells took minutes and gigabytes
+        shape = " + ".join(" x ".join(str(len(v)) for v in g.values()) or "1" for g in products)
+        raise ConfigError(f"the grid in {path} has {sum(sizes):,} cells ({shape}"
+                          f"{f' x {len(seeds)} seeds' if seeds else ''}), more than the limit of {MAX_CELLS:,}; "
+                          f"split it into several params files")
     copied = [{k: list(v) for k, v in g.items()} for g in products]
     pf = ParamsFile(path=path, base=dict(base), grid=copied if isinstance(grid, list) else copied[0], seeds=seeds,
                     notebook=notebook)

@@ -60,6 +60,7 @@ def plan_grid(params_path: str | os.PathLike, out_root: Path, *, retry_failed: b
 def begin_grid(plan: GridPlan, params_path: str | os.PathLike, out_root: Path) -> None:
     """Check the weights the cells to run need, then create the grid folder and keep the params file."""
     check_weights_of(plan.todo)   # before anything is written
+    check_data_of(plan.todo)
     out_root.mkdir(parents=True, exist_ok=True)
     if plan.copy is not None:
         shutil.copyfile(params_path, plan.copy)
@@ -95,6 +96,19 @@ def check_weights_of(cells: list[Cell]) -> None:
 
     for model in sorted(models, key=str):
         check_weights(model)
+
+
+def check_data_of(cells: list[Cell]) -> None:
+    """Read each dataset the cells to run need, once: a data problem (a missing class folder, a tile
+    that does not decode) is one sentence before any cell starts, as a single ``train`` gives it, not the
+    same failure in every cell. The decoded cache this writes is what the cells then read."""
+    roots = {c.config.data.data_root for c in cells if isinstance(c.config, Config)}
+    if not roots:
+        return
+    from ..data.eurosat import load_eurosat
+
+    for root in sorted(roots, key=str):
+        load_eurosat(root)
 
 
 def check_grid_folder(out_root: Path, params_path: str | os.PathLike, add_cells: bool) -> Path | None:
