@@ -58,11 +58,33 @@ def connect(ray, address: str | None, init_kwargs: dict | None = None) -> None:
     instance when None; reuse a connection made before (e.g. by a test)."""
     if ray.is_initialized():
         return
+    reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, **(init_kwargs or {}))
+    except ValueError as err:   # ray://... needs Ray Client, which plain `ray` does not install
+        hint = "; install it with pip install 'ray[client]'" if "client" in str(err).lower() else ""
+        raise ConfigError(f"--address {address!r}: {str(err).splitlines()[0]}{hint}") from None
     except ConnectionError as err:
         raise ConfigError(f"--address {address!r}: no Ray cluster could be reached ({str(err).splitlines()[0]}); "
                           f"start one with `ray start --head`, or leave --address out for a local one") from None
+
+
+def reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """An explicit host:port (or ray://host:port) must accept a TCP connection within ``timeout_s``: Ray
+    itself retries an unreachable address for minutes. 'auto' and None are left to Ray."""
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r} must be 'auto', HOST:PORT or ray://HOST:PORT (e.g. "
+                          f"127.0.0.1:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(f"--address {address!r}: nothing answers at {host}:{port} ({err.strerror or err}); "
+                          f"start the cluster with `ray start --head --port={port}` there, or check the "
+                          f"address") from None
 
 
 def check_shared_folder(ray, out_root: Path, timeout_s: float = PROBE_TIMEOUT_S) -> None:
