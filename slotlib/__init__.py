@@ -32,7 +32,8 @@ run-folder code, and import nothing of each other.
       fit.py             two stages, best checkpoint, resume, test once (train)
       frozen.py          a head on cached frozen features: how fast it starts
       explain.py         per-class attention maps, explanation metrics, predictions
-      faithfulness.py    `slotlib explain`: head maps against Grad-CAM and chance (explanations.json)
+      faithfulness.py    the explanation benchmark: head maps against Grad-CAM and chance
+      explain_cells.py   `slotlib explain`: the benchmark over finished cells, written into each
       attention_plots.py heatmaps over tiles, the interactive explorer
       plots.py           data, learning curves, confusion matrix, per-class accuracy
       bench.py           `slotlib bench` (bench_reference.py, bench_format.py)
@@ -47,6 +48,7 @@ run-folder code, and import nothing of each other.
       grid.py            params file -> cells -> one papermill run per cell
       report.py          the grid's table and HTML report
       explanations.py    the explanation benchmark's files and tables (no torch)
+      explanation_figures.py  its figures: head map beside Grad-CAM, mosaics (no torch)
     runtime.py         device, precision, seeds, versions; NonFiniteLossError
     cli.py             `slotlib describe | train | grid | status | report | explain | bench`
 """

@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"grid folder {args.dir!r} does not exist")
             print(f"report: {render(args.dir)}")
         elif args.command == "explain":
-            from .classify.faithfulness import explain_cells
+            from .classify.explain_cells import explain_cells
             if min(args.tiles, args.mosaics) < 1 or (args.captum_tiles is not None and args.captum_tiles < 0):
                 raise ConfigError(f"--tiles and --mosaics must be >= 1 and --captum-tiles >= 0, got {args.tiles}, "
                                   f"{args.mosaics} and {args.captum_tiles}")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from slotlib.classify.faithfulness import (METHODS, METRICS, assemble, centre_prior, mosaics, quadrant_shares,
-                                           randomised, results_table, spearman_rows)
+from slotlib.classify.faithfulness import (assemble, centre_prior, mosaics, quadrant_shares, randomised,
+                                           spearman_rows)
+from slotlib.runs.explanations import METHODS, METRICS, results_table
 
 
 def test_quadrant_shares_by_hand():

@@ -1,45 +1,24 @@
 """The explanation benchmark: are a head's maps faithful and localised, against Grad-CAM and chance?
 
-For a finished cell (its ``best.pt``; no retraining) every method below explains the predicted class of
-the same test tiles, and every metric scores every method, so a head's map is read against a reference
-and against two floors:
+For a finished cell (its ``best.pt``; nothing retrained) four methods explain the predicted class of the
+same test tiles: ``head`` (the head's own map: SCOUTER's or the slot head's attention, the linear head's
+class activation map), ``gradcam`` (pytorch-grad-cam on the feature map the head reads), and two floors,
+``random`` (noise on the token grid, drawn afresh each call) and ``centre`` (a centred Gaussian).
+Every metric (``slotlib.runs.explanations.METRICS``) scores every method:
 
-    head      the head's own map: SCOUTER's or the slot head's attention, the linear head's class
-              activation map (:func:`slotlib.classify.explain.class_maps`);
-    gradcam   Grad-CAM (pytorch-grad-cam) on the backbone feature map the head reads;
-    random    uniform noise on the token grid (a fresh draw each call): the floor of chance;
-    centre    a Gaussian centred on the tile: the floor of "the object is in the middle".
+    deletion_auc (down), insertion_auc (up), ins_minus_del (up): RISE; the predicted class's probability
+        as the most salient pixels are removed (to black) or revealed (from a blurred tile);
+    infidelity (down): Captum's ``infidelity``, ``normalize=True`` (the map's scale is fitted), Gaussian
+        noise of sd ``INFIDELITY_NOISE``; sensitivity (down): Captum's ``sensitivity_max`` within an
+        L-inf ball of ``SENSITIVITY_RADIUS``; a constant map (the centre prior) scores 0 by construction;
+    mosaic (up): 2 x 2 mosaics of test tiles of four classes, each at the training size (``image_size``);
+        the share of each class's positive map mass inside its own quadrant (Böhle et al.'s grid
+        pointing game); chance 0.25, and 0.25 for a map without positive mass;
+    random_head_rho, random_all_rho (down): Adebayo et al.'s randomisation check, Spearman's rho per tile
+        between the trained maps and those after re-initialising the head, then head and backbone.
 
-Metrics (``METRICS``; arrows say which way is better):
-
-    deletion_auc (down), insertion_auc (up), ins_minus_del (up): RISE's protocol, the predicted class's
-        probability as the most salient pixels are removed (to black) or revealed (from a blurred
-        tile) (:func:`slotlib.classify.explain.deletion_insertion`);
-    infidelity (down): Captum's ``infidelity`` with ``normalize=True`` (the map's best scale is
-        fitted, so a map's units do not matter): how well the map predicts the change of the
-        class probability under Gaussian noise of sd ``INFIDELITY_NOISE`` (normalised units);
-    sensitivity (down): Captum's ``sensitivity_max``: the largest relative change of the map under
-        perturbations within an L-inf ball of radius ``SENSITIVITY_RADIUS``. A constant map (the
-        centre prior) scores 0 by construction: it is stable because it ignores the tile;
-    mosaic (up): 2 x 2 mosaics of test tiles of four different classes, each tile at the size the
-        model was trained on (``image_size``: the mosaic is twice that). Each class's map is
-        scored by the share of its positive mass inside that class's quadrant, the grid pointing
-        game of Böhle et al. (CVPR 2022); chance is 0.25. A map with no positive mass scores 0.25;
-    random_head_rho, random_all_rho (down): the randomisation check of Adebayo et al. (NeurIPS 2018):
-        Spearman's rank correlation, per tile, between the trained model's maps and those of the
-        model with its head re-initialised, then with its head and backbone re-initialised (fresh
-        initialisations as training starts from). A map that survives randomisation does not
-        explain the model. Not defined for the floors, which ignore the model.
-
-Besides, ``map_max`` and ``area`` describe the head's own maps as drawn (its largest value over the
-tiles, and its mean): a head whose maps are near zero everywhere is called out as near-empty.
-
-References: Petsiuk et al., RISE (BMVC 2018); Yeh et al., "On the (In)fidelity and Sensitivity of
-Explanations" (NeurIPS 2019), Captum's ``captum.metrics``; Selvaraju et al., Grad-CAM (ICCV 2017),
-jacobgil/pytorch-grad-cam; Böhle et al., "B-cos Networks" (CVPR 2022); Adebayo et al., "Sanity Checks
-for Saliency Maps" (NeurIPS 2018). SCOUTER's paper reports infidelity and sensitivity too.
-
-Shape letters: B batch, K classes, h x w token grid, H x W pixels.
+References: Petsiuk et al., RISE (BMVC 2018); Yeh et al. (NeurIPS 2019) and Captum's ``captum.metrics``;
+Selvaraju et al., Grad-CAM (ICCV 2017); Böhle et al., B-cos (CVPR 2022); Adebayo et al. (NeurIPS 2018).
 """
 
 from __future__ import annotations
@@ -55,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runs.explanations import FIGURES_FILE, METHODS, METRICS, RESULTS_FILE, mean_sd, results_table
+from ..runs.explanations import METHODS, METRICS, mean_sd
 from ..runs.report_figures import NEAR_EMPTY
 from .explain import blurred, class_maps, deletion_insertion, eval_inputs, upsample
 
@@ -312,58 +291,3 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
             figures[f"mosaic_{method}_maps"] = fig_mosaic_maps[method]
     results["figures"] = figures
     return results
-
-
-def write_results(run_dir: Path, results: dict) -> None:
-    """``explanations.json`` (every metric) and ``explanations.npz`` (the figures' arrays) in a cell folder."""
-    from ..runs.files import write_json, write_npz_atomic
-
-    results = dict(results)
-    figures = results.pop("figures")
-    write_json(Path(run_dir) / RESULTS_FILE, results)
-    write_npz_atomic(Path(run_dir) / FIGURES_FILE, **figures)
-
-
-def finished_cells(paths) -> list[Path]:
-    """Cell folders to explain: each path is a finished cell (``best.pt`` and status ``done``) or a grid
-    folder, whose finished cells are taken. Raises ``ConfigError`` naming a path that is neither."""
-    from ..config import ConfigError
-    from ..runs.folder import cell_dirs, cell_status
-
-    cells: list[Path] = []
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise ConfigError(f"{path} is not a folder: give a finished cell's folder or a grid folder")
-        if (path / "best.pt").exists():
-            cells.append(path)
-            continue
-        found = [c for c in cell_dirs(path) if (c / "best.pt").exists() and cell_status(c) == "done"]
-        if not found:
-            raise ConfigError(f"{path} holds no best.pt and no finished cell: give a finished cell's folder "
-                              f"or a grid folder with finished cells")
-        cells += found
-    return cells
-
-
-def explain_cells(paths, *, tiles: int = 1000, mosaic_count: int = 500, captum_tiles: int | None = None,
-                  seed: int = 0, device: str | None = None, data_root: str | None = None,
-                  log: Callable[[str], None] = print) -> list[dict]:
-    """The benchmark on every finished cell under ``paths``; writes each cell's ``explanations.json`` and
-    ``explanations.npz`` and returns the results. Bad paths are named before any cell is opened."""
-    from .explain import open_run
-
-    cells = finished_cells(paths)
-    out = []
-    for cell in cells:
-        log(f"{cell}: {tiles} tiles, {mosaic_count} mosaics")
-        exp = open_run(cell, data_root=data_root, device=device)
-        results = benchmark(exp, tiles=tiles, mosaic_count=mosaic_count, captum_tiles=captum_tiles, seed=seed,
-                            progress=True, log=log)
-        write_results(cell, results)
-        results.pop("figures")
-        near = " NEAR-EMPTY MAPS" if results["near_empty"] else ""
-        log(f"{cell}: head '{results['head']}', accuracy on these tiles {results['accuracy_on_tiles']:.4f}, head "
-            f"maps: largest value {results['head_map_max']:.3g}, area {results['head_area']:.3g}{near}; "
-            f"{results['seconds']:.0f} s\n" + results_table([results]))
-        out.append(results)
-    return out

@@ -98,20 +98,20 @@ def run_lock(out_dir: Path, wait_s: float = 15.0):
         yield
 
 
-@contextlib.contextmanager
-def grid_lock(out_root: Path):
-    """One ``slotlib grid`` per grid folder: a second one on the same ``--out`` is refused before it reads
-    or writes anything there, so it can never mark a live cell of the first as failed."""
+def take_grid_lock(out_root: Path):
+    """One ``slotlib grid`` per grid folder: returns the open lock file (``.grid.lock``), held until it is
+    closed or the process ends. A second grid on the same folder is refused here, before it starts or
+    records anything there, so it can never mark a live cell of the first as failed."""
     import fcntl
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    with open(out_root / ".grid.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another slotlib grid is running on {out_root}; wait for it to finish (or stop "
-                              f"it), or give this one another --out") from None
-        yield
+    handle = open(out_root / ".grid.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"another slotlib grid is running on {out_root}; wait for it to finish (or stop "
+                          f"it), or give this one another --out") from None
+    return handle
 
 
 def check_out_folder(path: str | os.PathLike, flag: str = "--out") -> None:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Cell, ConfigError
-from .files import grid_lock
 from .folder import DamagedRunFile, read_metrics
 from .grid_plan import NOTEBOOKS, begin_grid, count_cell_parameters, plan_grid, safe_status
 from .status import done_detail
@@ -185,16 +184,6 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     out_root = Path(out_root)
-    if not dry_run:
-        with grid_lock(out_root):
-            return _run_grid(params_path, out_root, jobs=jobs, devices=devices, retry_failed=retry_failed,
-                             dry_run=False, notebook=notebook, add_cells=add_cells, echo=echo)
-    return _run_grid(params_path, out_root, jobs=jobs, devices=devices, retry_failed=retry_failed, dry_run=True,
-                     notebook=notebook, add_cells=add_cells, echo=echo)
-
-
-def _run_grid(params_path, out_root: Path, *, jobs, devices, retry_failed, dry_run, notebook, add_cells,
-              echo) -> dict[str, str]:
     plan = plan_grid(params_path, out_root, retry_failed=retry_failed, notebook=notebook, add_cells=add_cells,
                      echo=None if dry_run else echo)
     if dry_run:

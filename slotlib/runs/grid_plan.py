@@ -13,6 +13,7 @@ from typing import Any, Callable
 import yaml
 
 from ..config import Cell, Config, ConfigError, DiscoveryConfig, load_params_file
+from .files import take_grid_lock
 from .folder import GRID_COPY, DamagedRunFile, cell_status, grid_copies
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"   # slotlib/runs/grid_plan.py -> repository root
@@ -33,6 +34,7 @@ class GridPlan:
     todo: list[Cell]         # those to run now (not done, not damaged, failed only with retry_failed)
     notebook: Path
     copy: Path | None        # where the params file is copied when the grid starts (None: already there)
+    lock: Any = None         # the grid folder's lock, held from begin_grid until the grid ends
 
 
 def plan_grid(params_path: str | os.PathLike, out_root: Path, *, retry_failed: bool = False,
@@ -62,6 +64,7 @@ def begin_grid(plan: GridPlan, params_path: str | os.PathLike, out_root: Path) -
     check_weights_of(plan.todo)   # before anything is written
     check_data_of(plan.todo)
     out_root.mkdir(parents=True, exist_ok=True)
+    plan.lock = take_grid_lock(out_root)
     if plan.copy is not None:
         shutil.copyfile(params_path, plan.copy)
 

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Cell, ConfigError
-from .files import grid_lock
 from .grid import CELL_LOG, KERNEL_START_GAP_S, finish_cell, start_cell
 from .grid_plan import begin_grid, plan_grid, safe_status
 
@@ -175,14 +174,6 @@ def run_grid_ray(params_path: str | os.PathLike, out_root: str | os.PathLike, *,
         raise ConfigError(f"--cpus-per-cell must be >= 1, got {cpus_per_cell}")
     ray = require_ray()
     out_root = Path(out_root).resolve()
-    with grid_lock(out_root):
-        return _run_grid_ray(ray, params_path, out_root, address=address, jobs_per_gpu=jobs_per_gpu,
-                             cpus_per_cell=cpus_per_cell, retry_failed=retry_failed, notebook=notebook,
-                             add_cells=add_cells, max_retries=max_retries, init_kwargs=init_kwargs, echo=echo)
-
-
-def _run_grid_ray(ray, params_path, out_root: Path, *, address, jobs_per_gpu, cpus_per_cell, retry_failed, notebook,
-                  add_cells, max_retries, init_kwargs, echo) -> dict[str, str]:
     plan = plan_grid(params_path, out_root, retry_failed=retry_failed, notebook=notebook, add_cells=add_cells,
                      echo=echo)
     if not plan.todo:
