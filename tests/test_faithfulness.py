@@ -40,7 +40,7 @@ def test_spearman_rows_matches_scipy_with_ties():
 
 def test_mosaics_take_four_classes_and_assemble_row_major():
     labels = np.repeat(np.arange(6), 3)
-    picks, classes = mosaics(np.arange(len(labels)), labels, 50, np.random.default_rng(1))
+    picks, classes = mosaics(labels, 50, np.random.default_rng(1))
     assert picks.shape == classes.shape == (50, 4)
     assert all(len(set(row)) == 4 for row in classes)
     assert (labels[picks] == classes).all()

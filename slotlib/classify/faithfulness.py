@@ -129,8 +129,8 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (ra * rb).sum(1) / den, np.nan)
 
 
-def mosaics(tiles: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` draws of four tiles of four different classes: indices into ``tiles`` ``[n,4]`` (row-major
+def mosaics(labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` draws of four tiles of four different classes: positions in ``labels`` ``[n,4]`` (row-major
     quadrants) and their classes ``[n,4]``."""
     classes = np.unique(labels)
     if len(classes) < 4:
@@ -193,11 +193,10 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
     for start in range(0, len(chosen), batch):
         idx = chosen[start:start + batch]
         images = eval_inputs(exp, exp.data.images[idx])
-        probs = ex.probabilities(images)
-        pred = probs.argmax(1)
+        logits, raw = class_maps(model, images)                                  # one forward: logits and maps
+        pred = logits.argmax(1)
         preds_all.append(pred.cpu())
         correct.append((pred.cpu().numpy() == labels[idx]))
-        _, raw = class_maps(model, images)
         mine = raw[torch.arange(len(idx)), pred]
         head_max.append(mine.flatten(1).amax(1).cpu())
         head_area.append(mine.flatten(1).mean(1).cpu())
@@ -217,11 +216,8 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
                     e = (torch.randn(inputs.shape, generator=gen) * INFIDELITY_NOISE).to(inputs.device)
                     return e, inputs - e
 
-                def prob(inputs):
-                    return ex.probabilities(inputs)
-
                 with torch.no_grad():
-                    inf = infidelity(prob, noise, x, attr, target=t, n_perturb_samples=10, normalize=True,
+                    inf = infidelity(ex.probabilities, noise, x, attr, target=t, n_perturb_samples=10, normalize=True,
                                      max_examples_per_batch=len(x) * 10)
                 per[method]["infidelity"] += inf.cpu().tolist()
 
@@ -243,7 +239,7 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
     # mosaics at the training size
     train_px = config.data.image_size
     test_labels = labels[test]
-    picks, classes = mosaics(test, test_labels, mosaic_count, rng)
+    picks, classes = mosaics(test_labels, mosaic_count, rng)
     fig_mosaics, fig_mosaic_maps = [], {m: [] for m in methods}
     for start in range(0, mosaic_count, max(1, batch // 4)):
         p, c = picks[start:start + batch // 4], classes[start:start + batch // 4]

@@ -133,8 +133,8 @@ def check_out_folder(path: str | os.PathLike, flag: str = "--out") -> None:
 
 
 # errno values that mean "this path cannot be written": said in one sentence, not a traceback
-WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
-                getattr(errno, "EDQUOT", errno.ENOSPC)}
+DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
 
 
 def write_problem(err: OSError) -> str | None:
@@ -144,7 +144,6 @@ def write_problem(err: OSError) -> str | None:
     if err.errno not in WRITE_ERRNOS:
         return None
     where = f" ({err.filename})" if err.filename else ""
-    remedy = ("free some space" if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-              else "make the folder writable or choose another --out")
+    remedy = "free some space" if err.errno in DISK_FULL_ERRNOS else "make the folder writable or choose another --out"
     return (f"could not write{where}: {err.strerror or err}; {remedy}, then run the same command again "
             f"(a run resumes from its last.pt)")
