@@ -106,3 +106,30 @@ def test_a_new_head_is_one_class_and_works_everywhere(toy_head):
 def test_a_name_is_registered_once():
     with pytest.raises(ValueError, match="registered already"):
         register_head("scouter")(type("Again", (Head,), {}))
+
+
+@pytest.mark.parametrize("params", [{"head": "scouter"}, {"head": "scouter", "scouter_sign": -1, "slots_per_class": 2},
+                                    {"head": "linear"}])
+def test_evidence_adds_up_to_the_logits_less_their_class_mean(params):
+    # Softmax reads only the logits' differences from their mean; the evidence maps split exactly that
+    # (less the linear head's bias, which no token holds) into one term per token.
+    cfg = Config.from_params({"pretrained": False, "backbone": "resnet10t", "hidden_dim": 16, **params})
+    torch.manual_seed(0)
+    model = SlotClassifier(cfg.model, 10, head_params=cfg.head_params).eval()
+    with torch.no_grad():
+        logits, attn, evidence = model.evidence(torch.randn(3, 3, 64, 64))
+    assert evidence.shape == (3, 10, attn.shape[-1])
+    bias = model.head.fc.bias if params["head"] == "linear" else torch.zeros(10)
+    centred = (logits - bias) - (logits - bias).mean(1, keepdim=True)
+    assert torch.allclose(evidence.sum(-1), centred, atol=1e-5)
+    assert evidence.abs().sum() > 0
+
+
+def test_the_slot_heads_evidence_is_its_class_attention_over_the_even_share():
+    cfg = Config.from_params({"pretrained": False, "backbone": "resnet10t", "hidden_dim": 16, "head": "slot"})
+    model = SlotClassifier(cfg.model, 10, head_params=cfg.head_params).eval()
+    with torch.no_grad():
+        _, attn, evidence = model.evidence(torch.randn(2, 3, 64, 64))
+    # softmax over the slots: a token's class attention sums to 1 over the classes, so the centred map
+    # is positive exactly where a class wins more than a tenth of the token
+    assert torch.allclose(evidence, attn.view(2, 10, -1, attn.shape[-1]).sum(2) - 0.1, atol=1e-6)

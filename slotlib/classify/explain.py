@@ -39,6 +39,16 @@ def class_maps(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return logits.float(), class_attention(attn.float(), model.num_classes).view(len(images), -1, h, w)
 
 
+@torch.no_grad()
+def evidence_maps(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[B,K]`` and each token's evidence for each class against the mean class on the token grid
+    ``[B,K,h,w]`` (:meth:`SlotClassifier.evidence`; one forward pass)."""
+    model.eval()
+    logits, _, evidence = model.evidence(images)
+    h, w = model.token_grid(images.shape[-1])
+    return logits.float(), evidence.float().view(len(images), -1, h, w)
+
+
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
     """``[B,K,h,w]`` -> ``[B,K,size,size]``, bilinear."""
     return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)

@@ -1,8 +1,9 @@
 """The explanation benchmark: are a head's maps faithful and localised, against Grad-CAM and chance?
 
-For a finished cell (its ``best.pt``; nothing retrained) four methods explain the predicted class of the
+For a finished cell (its ``best.pt``; nothing retrained) five methods explain the predicted class of the
 same test tiles: ``head`` (the head's own map: SCOUTER's or the slot head's attention, the linear head's
-class activation map), ``gradcam`` (pytorch-grad-cam on the feature map the head reads), and two floors,
+class activation map), ``evidence`` (each token's term of the logit less the mean class's,
+:meth:`slotlib.heads.Head.evidence`: what softmax reads), ``gradcam`` (pytorch-grad-cam on the feature map the head reads), and two floors,
 ``random`` (noise on the token grid, drawn afresh each call) and ``centre`` (a centred Gaussian).
 Every metric (``slotlib.runs.explanations.METRICS``) scores every method:
 
@@ -36,7 +37,7 @@ from torch import nn
 
 from ..runs.explanations import METHODS, METRICS, mean_sd
 from ..runs.report_figures import NEAR_EMPTY
-from .explain import blurred, class_maps, deletion_insertion, eval_inputs, upsample
+from .explain import blurred, class_maps, deletion_insertion, eval_inputs, evidence_maps, upsample
 
 INFIDELITY_NOISE = 0.1        # sd of the Gaussian noise, in normalised input units
 SENSITIVITY_RADIUS = 0.02     # Captum's default L-inf radius, in normalised input units
@@ -60,7 +61,7 @@ class LogitsOf(nn.Module):
 
 @dataclass
 class Explainers:
-    """The four methods of one model: ``maps(method, images [B,3,H,W], target [B]) -> [B,H,W]``."""
+    """The five methods of one model: ``maps(method, images [B,3,H,W], target [B]) -> [B,H,W]``."""
 
     model: nn.Module
     seed: int = 0
@@ -75,8 +76,8 @@ class Explainers:
 
     def maps(self, method: str, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         size = images.shape[-1]
-        if method == "head":
-            _, maps = class_maps(self.model, images)                               # [B,K,h,w]
+        if method in ("head", "evidence"):
+            _, maps = (class_maps if method == "head" else evidence_maps)(self.model, images)   # [B,K,h,w]
             mine = maps[torch.arange(len(images)), target.to(maps.device)]         # [B,h,w]
             return upsample(mine[:, None], size)[:, 0]
         if method == "gradcam":
@@ -228,7 +229,7 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
                 sens = sensitivity_max(explain, x, perturb_radius=SENSITIVITY_RADIUS, n_perturb_samples=10,
                                        target=t, max_examples_per_batch=len(x) * 10)
                 per[method]["sensitivity"] += sens.cpu().tolist()
-            if method in ("head", "gradcam"):
+            if method in ("head", "evidence", "gradcam"):
                 for which in ("head", "all"):
                     other = rand_ex[which].maps(method, images, pred)
                     rho = spearman_rows(sal.flatten(1).cpu().numpy(), other.flatten(1).cpu().numpy())
@@ -281,7 +282,7 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
                "mosaic_tiles": np.asarray(fig_mosaics, dtype=np.uint8), "mosaic_classes": fig_mosaic_classes,
                "class_names": np.array(exp.class_names), "head": np.array(config.model.head),
                "bounded": np.array(bool(model.head.bounded_attention))}
-    for method in ("head", "gradcam"):
+    for method in ("head", "evidence", "gradcam"):
         if method in methods:
             figures[f"{method}_maps"] = ex.maps(method, images, target).cpu().numpy().astype(np.float32)
             figures[f"mosaic_{method}_maps"] = fig_mosaic_maps[method]

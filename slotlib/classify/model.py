@@ -91,10 +91,21 @@ class SlotClassifier(nn.Module):
 
     def from_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything after the backbone, on its feature map ``[B,C,H,W]`` (e.g. computed once, frozen)."""
+        return self.head(*self.tokens(features))
+
+    def tokens(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's inputs from the backbone's feature map ``[B,C,H,W]``: tokens ``[B,N,D]``, positions ``[1,N,D]``."""
         x = self.norm(F.relu(self.proj(features)))                      # [B,D,H,W]
         _, d, h, w = x.shape
         tokens = self.dropout(x.flatten(2).transpose(1, 2))             # [B,N,D]
-        return self.head(tokens, self.position_encoding(h, w).to(tokens))
+        return tokens, self.position_encoding(h, w).to(tokens)
+
+    def evidence(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits ``[B,K]``, attention ``[B,S,N]`` and each token's evidence for each class against the mean
+        class ``[B,K,N]`` (:meth:`slotlib.heads.Head.evidence`), from one forward pass."""
+        tokens, pos = self.tokens(self.backbone(images)[-1])
+        logits, attn = self.head(tokens, pos)
+        return logits, attn, self.head.evidence(tokens, attn, self.num_classes)
 
     def position_encoding(self, h: int, w: int) -> torch.Tensor:
         """The sine encoding of an h x w map, ``[1,N,D]``, computed once per size."""

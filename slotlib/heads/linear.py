@@ -32,3 +32,8 @@ class LinearHead(Head):
         cam = F.linear(x, self.fc.weight)                               # [B,N,K] per-token evidence
         logits = cam.mean(1) + self.fc.bias                             # [B,K] = fc(mean of tokens)
         return logits, cam.transpose(1, 2)                              # [B,K,N] attn with S = K
+
+    def evidence(self, tokens: torch.Tensor, attn: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """The class activation map over the token count, centred over the classes: it adds up to the
+        centred logits less the bias, ``[B,K,N]``."""
+        return (attn - attn.mean(1, keepdim=True)) / attn.shape[-1]

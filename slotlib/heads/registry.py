@@ -65,6 +65,18 @@ class Head(nn.Module):
         """The head for ``num_classes`` classes over ``dim``-channel tokens, with its ``Params``."""
         raise NotImplementedError
 
+    def evidence(self, tokens: torch.Tensor, attn: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Each token's evidence for each class against the mean class: ``tokens [B,N,D]``, ``attn [B,S,N]``
+        (this forward's) -> ``[B,K,N]``, the explanation benchmark's method ``evidence``.
+
+        Softmax reads only the logits' differences from their mean over the classes. A head whose logit is
+        a sum of per-token terms overrides this with those terms, centred over the classes: they add up to
+        the centred logits (SCOUTER, the linear head). This default centres the class attention (a
+        class's slots summed) over the classes: positive where a class holds more than the mean class."""
+        b, s, n = attn.shape
+        per_class = attn.view(b, num_classes, s // num_classes, n).sum(2)   # [B,K,N]
+        return per_class - per_class.mean(1, keepdim=True)
+
     def loss_terms(self, attn: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
         """Terms added to the cross-entropy, by name: (weight, value), the value a scalar of ``attn [B,S,N]``."""
         return {}

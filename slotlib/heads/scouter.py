@@ -137,6 +137,15 @@ class ScouterSlotAttention(Head):
         logits = self.sign * self.logit_scale * per_class.sum((2, 3))   # [B,K] a class's slots add up
         return logits, attn
 
+    def evidence(self, tokens: torch.Tensor, attn: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """A logit is ``sign * logit_scale * sum_n attn[n] * mean_d tokens[n]`` (a class's slots added): its
+        per-token terms, centred over the classes, ``[B,K,N]``. Raw sigmoid attention can be high for every
+        class on a token (nothing makes the slots compete); the centred terms keep what tells classes apart."""
+        b, s, n = attn.shape
+        per_class = attn.view(b, num_classes, s // num_classes, n).sum(2)                  # [B,K,N]
+        terms = self.sign * self.logit_scale * per_class * tokens.mean(2)[:, None]         # [B,K,N] sum_n: logits
+        return terms - terms.mean(1, keepdim=True)
+
     def scouter_rescale(self, dots: torch.Tensor) -> torch.Tensor:
         """The authors' normalisation of ``dots [B,S,N]``: each slot's row over its own sum, times the total.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-METHODS = ("head", "gradcam", "random", "centre")
+METHODS = ("head", "evidence", "gradcam", "random", "centre")
 # name -> (better direction, one line for tables)
 METRICS = {
     "deletion_auc": ("lower", "RISE deletion AUC of the predicted class's probability"),
