@@ -344,3 +344,27 @@ def test_an_eleventh_class_folder_is_named_in_the_log(probe, capsys):
     assert len(ds.classes) == 10
     err = capsys.readouterr().err
     assert "Glacier" in err and "not read" in err
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A real read-only filesystem (a tmpfs mounted ro); the probe is skipped, with the reason, where this
+    process may not mount one."""
+    import subprocess
+
+    where = tmp_path / "ro"
+    where.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({made.stderr.decode().strip() or 'mount failed'})")
+    yield where
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+@pytest.mark.parametrize("command", ["train", "grid"])
+def test_out_on_a_read_only_filesystem_is_one_sentence(command, probe, read_only_folder, capsys):
+    out = str(read_only_folder / "run")
+    argv = probe.train(out=out) if command == "train" else ["grid", probe.params(), "--out", out]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be written" in err and "read-only" in err and len(err.splitlines()) == 1, err

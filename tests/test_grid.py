@@ -47,6 +47,20 @@ def test_dry_run_lists_cells_and_counts(tmp_path, tiny_root, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_dry_run_streams_each_line_once_its_model_is_checked(tmp_path, tiny_root, monkeypatch):
+    # a large grid's listing starts at once: each distinct model is built (checked) just before its first
+    # line, not all of them before the first line
+    import slotlib.classify.model as model
+    from slotlib.runs.grid import run_grid
+
+    events = []
+    real = model.check_builds
+    monkeypatch.setattr(model, "check_builds", lambda *a, **k: (events.append("build"), real(*a, **k))[1])
+    path = grid_file(tmp_path, tiny_root, {"head": ["scouter", "linear"], "stage1_lr": [1e-3, 2e-3]})
+    run_grid(path, tmp_path / "out", dry_run=True, echo=lambda line: events.append("line"))
+    assert events[:2] == ["build", "line"] and events.count("build") == 2 and events.count("line") == 4
+
+
 def test_bad_grid_exits_2(tmp_path, tiny_root, capsys):
     path = grid_file(tmp_path, tiny_root, {"head": []})
     assert main(["grid", str(path), "--out", str(tmp_path / "out")]) == 2

@@ -28,12 +28,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Cell, ConfigError
 from .folder import DamagedRunFile, read_metrics
-from .grid_plan import NOTEBOOKS, begin_grid, count_cell_parameters, plan_grid, safe_status
+from .grid_plan import NOTEBOOKS, begin_grid, count_cell_parameters, plan_grid, safe_status, validate_cells
 from .status import done_detail
 
 CELL_LOG = "log.txt"
@@ -176,7 +177,7 @@ def finish_cell(cell: Cell, cell_dir: Path, returncode: int, echo: Callable[[str
 def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, jobs: int = 1,
              devices: list[str] | None = None, retry_failed: bool = False, dry_run: bool = False,
              notebook: str | os.PathLike | None = None, add_cells: bool = False,
-             echo: Callable[[str], Any] = print) -> dict[str, str]:
+             echo: Callable[[str], Any] = partial(print, flush=True)) -> dict[str, str]:
     """Run every cell not yet done; returns cell id -> final status ('damaged': a run file is unreadable).
 
     ``notebook`` defaults to the one the params file names (``notebook:``, in notebooks/), else train.ipynb.
@@ -185,9 +186,11 @@ def run_grid(params_path: str | os.PathLike, out_root: str | os.PathLike, *, job
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     out_root = Path(out_root)
     plan = plan_grid(params_path, out_root, retry_failed=retry_failed, notebook=notebook, add_cells=add_cells,
-                     echo=None if dry_run else echo)
-    if dry_run:
+                     echo=None if dry_run else echo, validate=not dry_run)
+    if dry_run:   # streams: each distinct model is built just before its first line
+        checked: set = set()
         for cell in plan.cells:
+            validate_cells([cell], checked)
             echo(f"{cell.id}  {safe_status(out_root / cell.id)[0]:8s}  n_params={count_cell_parameters(cell):,}")
         return {c.id: safe_status(out_root / c.id)[0] for c in plan.cells}
     begin_grid(plan, params_path, out_root)

@@ -39,14 +39,16 @@ class GridPlan:
 
 def plan_grid(params_path: str | os.PathLike, out_root: Path, *, retry_failed: bool = False,
               notebook: str | os.PathLike | None = None, add_cells: bool = False,
-              echo: Callable[[str], Any] | None = print) -> GridPlan:
-    """Every check a grid makes before it writes anything, whatever runs its cells (local or Ray)."""
+              echo: Callable[[str], Any] | None = print, validate: bool = True) -> GridPlan:
+    """Every check a grid makes before it writes anything, whatever runs its cells (local or Ray).
+    ``validate=False`` leaves building the models to the caller (``--dry-run`` checks each as it lists it)."""
     pf = load_params_file(params_path)
     cells = pf.cells()
     notebook = Path(notebook) if notebook is not None else NOTEBOOKS / pf.notebook
     if not notebook.exists():
         raise ConfigError(f"notebook {notebook} does not exist")
-    validate_cells(cells)
+    if validate:
+        validate_cells(cells)
     copy = check_grid_folder(out_root, params_path, add_cells)
     todo = []
     for cell in cells:
@@ -77,16 +79,19 @@ def safe_status(cell_dir: Path) -> tuple[str, str | None]:
         return "damaged", str(err)
 
 
-def validate_cells(cells: list[Cell]) -> None:
-    """Build each distinct classifier once (no weights) and run it at its image size, before any cell starts."""
+def validate_cells(cells: list[Cell], checked: set | None = None) -> None:
+    """Build each distinct classifier once (no weights) and run it at its image size, before any cell starts.
+    ``checked`` holds the models built already (and gains these)."""
+    checked = set() if checked is None else checked
     models = {(c.config.model, c.config.head_params, c.config.data.image_size, c.config.data.eval_size)
-              for c in cells if isinstance(c.config, Config)}
+              for c in cells if isinstance(c.config, Config)} - checked
     if not models:
         return
-    from ..classify.model import check_builds
+    from ..classify import model as classify_model
 
     for model, head_params, image_size, eval_size in sorted(models, key=str):
-        check_builds(model, image_size, eval_size=eval_size, head_params=head_params)
+        classify_model.check_builds(model, image_size, eval_size=eval_size, head_params=head_params)
+        checked.add((model, head_params, image_size, eval_size))
 
 
 def check_weights_of(cells: list[Cell]) -> None:
