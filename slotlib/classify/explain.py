@@ -86,15 +86,25 @@ def blurred(images: torch.Tensor, factor: int = 8) -> torch.Tensor:
 
 
 @torch.no_grad()
+def black_pixel(mean, std, device=None) -> torch.Tensor:
+    """A black pixel after normalisation by ``mean`` and ``std``: ``[1,3,1,1]`` (what deletion removes to)."""
+    mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+    return ((torch.zeros(3) - mean) / std).view(1, 3, 1, 1).to(device)
+
+
+@torch.no_grad()
+def probabilities(model, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """Class probabilities ``[M,K]`` of ``images [M,3,H,W]``, ``batch`` at a time."""
+    return torch.cat([model(chunk)[0].float().softmax(1) for chunk in images.split(batch)])
+
+
 def explanation_metrics(model, images: torch.Tensor, mean, std, steps: int = 16, batch: int = 64) -> dict[str, float]:
     """Area size and deletion/insertion AUC of the predicted class's attention over ``images`` (normalised)."""
     model.eval()
-    device = images.device
-    black = ((torch.zeros(3, device=device) - torch.tensor(mean, device=device)) /
-             torch.tensor(std, device=device)).view(1, 3, 1, 1)        # a black pixel after normalisation
+    black = black_pixel(mean, std, images.device)
 
     def predict(x):
-        return torch.cat([model(chunk)[0].float().softmax(1) for chunk in x.split(batch)])
+        return probabilities(model, x, batch)
 
     area, deletion, insertion = [], [], []
     for chunk in images.split(max(1, batch // (steps + 1))):

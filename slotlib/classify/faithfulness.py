@@ -37,7 +37,8 @@ from torch import nn
 
 from ..runs.explanations import METHODS, METRICS, mean_sd
 from ..runs.report_figures import NEAR_EMPTY
-from .explain import blurred, class_maps, deletion_insertion, eval_inputs, evidence_maps, upsample
+from .explain import (black_pixel, blurred, class_maps, deletion_insertion, eval_inputs, evidence_maps,
+                      probabilities, upsample)
 
 INFIDELITY_NOISE = 0.1        # sd of the Gaussian noise, in normalised input units
 SENSITIVITY_RADIUS = 0.02     # Captum's default L-inf radius, in normalised input units
@@ -95,8 +96,7 @@ class Explainers:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
     def probabilities(self, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([self.net(chunk).softmax(1) for chunk in images.split(batch)])
+        return probabilities(self.model, images, batch)
 
 
 def centre_prior(size: int, device=None) -> torch.Tensor:
@@ -185,7 +185,7 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
     n_captum = len(chosen) if captum_tiles is None else min(captum_tiles, len(chosen))
     labels = np.asarray(exp.data.labels)
     ex = Explainers(model, seed)
-    black = ((torch.zeros(3) - torch.tensor(exp.mean)) / torch.tensor(exp.std)).view(1, 3, 1, 1).to(exp.device)
+    black = black_pixel(exp.mean, exp.std, exp.device)
     randoms = {"head": randomised(model, config, "head", seed), "all": randomised(model, config, "all", seed)}
     rand_ex = {k: Explainers(m, seed) for k, m in randoms.items()}
     per: dict[str, dict[str, list]] = {m: {k: [] for k in METRICS} for m in methods}
