@@ -9,7 +9,7 @@ import torch
 
 from slotlib.classify.faithfulness import (assemble, centre_prior, mosaics, quadrant_shares, randomised,
                                            spearman_rows)
-from slotlib.runs.explanations import METHODS, METRICS, results_table
+from slotlib.runs.explanations import METHODS, METRICS, paired, results_table
 
 
 def test_quadrant_shares_by_hand():
@@ -92,6 +92,9 @@ def test_the_benchmark_writes_every_method_and_metric(tiny_run, isolated_cache, 
     with np.load(cell / "explanations.npz") as figures:
         assert figures["head_maps"].shape == figures["gradcam_maps"].shape
         assert figures["mosaic_head_maps"].shape[1] == 4
+        assert figures["items_evidence_mosaic"].shape == (12,) and figures["items_head_infidelity"].shape == (3,)
+        test = paired(dict(figures), "mosaic", "evidence", "random")
+        assert test["n"] == 12 and 0 <= test["p"] <= 1
     table = results_table([results, results], over="cells")
     assert table.count("\n") == 1 + len(METHODS) and "± 0.000" in table
 
@@ -141,3 +144,27 @@ def test_a_near_empty_map_is_called_so_and_drawn_on_its_own_scale():
     strong = map_scale(np.array([0.0, 0.7]), bounded=True)
     assert not strong.near_empty and strong.vmax == pytest.approx(0.7)
     assert not map_scale(np.array([0.0, NEAR_EMPTY / 2]), bounded=False).near_empty   # CAM: unbounded units
+
+
+def test_the_summary_groups_cells_by_their_name_less_the_seed():
+    # two variants of one head (the slot head's two scores) stay apart; seeds of one variant pool
+    from slotlib.runs.explanations import config_of, summary
+
+    assert config_of("slot_slot_scoreattention_it1_seed2-8114d277") == "slot_slot_scoreattention_it1"
+    assert config_of("scouter_seed0") == "scouter" and config_of("my_cell") == "my_cell"
+
+    def result(head, mosaic):
+        return {"head": head, "tiles": 10, "mosaics": 5, "head_map_max": 0.5,
+                "methods": {"head": {"mosaic": {"mean": mosaic, "sd": 0.0, "n": 20}}}}
+
+    table = summary({"slot_seed0-aaaaaaaa": result("slot", 0.2), "slot_seed1-bbbbbbbb": result("slot", 0.4),
+                     "slot_slot_scoreattention_it1_seed0-cccccccc": result("slot", 0.9)})
+    assert list(table["cells of"]) == ["slot", "slot_slot_scoreattention_it1"]
+    assert list(table["cells"]) == [2, 1] and table["mosaic"].iloc[0] == "0.300 ± 0.141"
+
+
+def test_paired_by_hand():
+    figures = {"items_a_mosaic": np.array([0.9, 0.8, 0.7, np.nan, 0.6]), "items_b_mosaic": np.array([0.5] * 5)}
+    test = paired(figures, "mosaic", "a", "b")
+    assert test["n"] == 4 and test["mean_diff"] == pytest.approx(0.25)
+    assert test["p"] == pytest.approx(0.125)   # exact signed-rank test: all 4 of 4 differences positive, 2 / 2**4

@@ -286,5 +286,7 @@ def benchmark(exp, *, tiles: int = 1000, mosaic_count: int = 500, seed: int = 0,
         if method in methods:
             figures[f"{method}_maps"] = ex.maps(method, images, target).cpu().numpy().astype(np.float32)
             figures[f"mosaic_{method}_maps"] = fig_mosaic_maps[method]
+    for method in methods:   # every item's score, for paired tests between methods (explanations.paired)
+        figures.update({f"items_{method}_{k}": np.asarray(v, dtype=np.float32) for k, v in per[method].items() if v})
     results["figures"] = figures
     return results

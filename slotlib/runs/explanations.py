@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -86,18 +87,26 @@ def read_figures(cell_dir: str | os.PathLike) -> dict | None:
         return None
 
 
+def config_of(cell_name: str) -> str:
+    """A grid cell's name less its seed and id (``slot_seed2-8114d277`` -> ``slot``): the cells of one
+    configuration over seeds."""
+    return re.sub(r"_seed\d+(-[0-9a-f]{8})?$", "", cell_name)
+
+
 def summary(results: dict[str, dict]) -> pd.DataFrame:
-    """Cells' results (cell -> explanations.json) as one row per head and method: each metric's mean ± sd
-    over the cells (seeds) of that head, with the cell count and the head maps' largest value."""
+    """Cells' results (cell name -> explanations.json) as one row per configuration (:func:`config_of`) and
+    method: each metric's mean ± sd over the cells (seeds), with the cell count and the head maps' largest
+    value."""
     rows = []
-    heads = sorted({r["head"] for r in results.values()})
-    for head in heads:
-        mine = [r for r in results.values() if r["head"] == head]
+    groups: dict[str, list[dict]] = {}
+    for name, r in sorted(results.items()):
+        groups.setdefault(config_of(name), []).append(r)
+    for config, mine in groups.items():
         for method in METHODS:
             have = [r for r in mine if method in r["methods"]]
             if not have:
                 continue
-            row = {"head": head, "method": method, "cells": len(have),
+            row = {"cells of": config, "head": have[0]["head"], "method": method, "cells": len(have),
                    "tiles": int(np.mean([r["tiles"] for r in have])), "mosaics": int(np.mean([r["mosaics"] for r in have]))}
             for k in METRICS:
                 stat = mean_sd([r["methods"][method][k]["mean"] for r in have if k in r["methods"][method]])
@@ -106,3 +115,15 @@ def summary(results: dict[str, dict]) -> pd.DataFrame:
                 row["largest head value"] = f"{max(r['head_map_max'] for r in have):.3g}"
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paired(figures: dict[str, np.ndarray], metric: str, a: str, b: str) -> dict[str, float]:
+    """Method ``a`` against ``b`` on one metric over the same items of one cell (its ``explanations.npz``):
+    the mean difference a - b, its count, and the two-sided Wilcoxon signed-rank p-value."""
+    from scipy.stats import wilcoxon
+
+    x, y = figures[f"items_{a}_{metric}"].astype(np.float64), figures[f"items_{b}_{metric}"].astype(np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    diff = x[keep] - y[keep]
+    p = float(wilcoxon(diff).pvalue) if len(diff) > 1 and np.any(diff != 0) else 1.0
+    return {"mean_diff": float(diff.mean()) if len(diff) else float("nan"), "n": int(len(diff)), "p": p}
