@@ -165,6 +165,34 @@ def test_html_in_folder_names_and_values_never_becomes_a_live_element(tmp_path):
     write_cell(tmp_path, "failed-gg", "linear", 1, None, None, status="failed", error="<b onmouseover=alert(3)>x</b>")
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
-    for live in ("<img src=x", "<script>alert", "<b onmouseover"):
-        assert live not in page, live
+    assert live_elements(page) == []
     assert "&lt;img src=x onerror=alert" in page   # shown as text
+
+
+def live_elements(page: str) -> list[str]:
+    """Elements a page would run from the test's strings: a tag whose on* handler calls ``alert``, an
+    ``img`` of ``src=x``, or a script that calls ``alert``. Parsed, not searched: a Markdown renderer
+    writes a raw tag back with its attributes reordered (``<img onerror=... src="x"/>``)."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Finder(HTMLParser):
+        in_script = False
+
+        def handle_starttag(self, tag, attrs):
+            names = dict(attrs)
+            if any(k.startswith("on") and "alert(" in (v or "") for k, v in names.items()) or (
+                    tag == "img" and names.get("src") == "x"):
+                found.append(f"<{tag} {attrs}>")
+            self.in_script = tag == "script"
+
+        def handle_data(self, data):
+            if self.in_script and "alert(" in data:
+                found.append(f"<script>{data[:40]}")
+
+        def handle_endtag(self, tag):
+            self.in_script = False
+
+    Finder().feed(page)
+    return found
