@@ -6,6 +6,7 @@
                  [--backend ray [--address auto|ray://host:port] [--jobs-per-gpu K] [--cpus-per-cell C]]
     slotlib status DIR
     slotlib report DIR
+    slotlib compare CELL_A CELL_B
     slotlib bench [PARAMS.yaml] [--pipeline reference fast compiled] [--image-size S] [--batch-size B ...]
                   [--head H ...] [--device D] [--steps N] [--json] [--set key=value ...]
 
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the tile sample, the mosaics and the random maps")
     p.add_argument("--device", help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: the cell's own setting)")
     p.add_argument("--data-root", help="folder holding eurosat/2750 (default: the cell's own setting)")
+    p = sub.add_parser("compare", help="McNemar's test between two finished cells on the same test tiles")
+    p.add_argument("a", metavar="CELL_A", help="a finished cell's folder")
+    p.add_argument("b", metavar="CELL_B", help="another, tested on the same tiles")
     p = sub.add_parser("bench", help="train images/s of the reference data path against the fast one")
     p.add_argument("params", nargs="?", help="parameters file (default: the defaults, i.e. the reference model); "
                                              "a grid's first cell is used")
@@ -254,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   f"{args.mosaics} and {args.captum_tiles}")
             explain_cells(args.dirs, tiles=args.tiles, mosaic_count=args.mosaics, captum_tiles=args.captum_tiles,
                           seed=args.seed, device=args.device, data_root=args.data_root)
+        elif args.command == "compare":
+            from .runs.compare import compare_cells
+            print(compare_cells(args.a, args.b))
         elif args.command == "bench":
             from .classify.bench_format import format_bench
             result = bench(args)

@@ -108,4 +108,4 @@ def test_the_command_line_keeps_its_commands():
 
     parser = build_parser()
     commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
-    assert set(commands) == {"describe", "train", "grid", "status", "report", "explain", "bench"}
+    assert set(commands) == {"describe", "train", "grid", "status", "report", "explain", "compare", "bench"}

@@ -115,6 +115,7 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
         test = exp.evaluate("test", step_model, tta)
         with_tta = {} if tta == "none" else {   # what the views add, on the same weights
             "test_acc_plain": test["acc_plain"], "val_acc_tta": exp.evaluate("val", step_model, tta)["acc"]}
+        write_predictions(out, exp, test["predicted"])
         per_class = {name: (row[i] / sum(row) if sum(row) else None)
                      for i, (name, row) in enumerate(zip(exp.class_names, test["confusion"]))}
         explanation = {}
@@ -135,6 +136,19 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
     except Exception as err:
         write_metrics("failed", error=f"{type(err).__name__}: {err}")
         raise
+
+
+def write_predictions(out: Path, exp: Experiment, predicted) -> None:
+    """``predictions.npz``: each test tile's dataset index, true and predicted class (the test loader's
+    order), for paired tests between cells on the same tiles (:func:`slotlib.runs.compare.mcnemar`)."""
+    import numpy as np
+
+    from ..runs.compare import PREDICTIONS_FILE
+    from ..runs.files import write_npz_atomic
+
+    indices = np.asarray(exp.splits["test"])
+    write_npz_atomic(out / PREDICTIONS_FILE, indices=indices, target=np.asarray(exp.data.labels)[indices],
+                     predicted=np.asarray(predicted))
 
 
 def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: RunState, resume: dict | None,

@@ -233,7 +233,8 @@ def collapse_of(config: Config, plan: StagePlan, epoch: int, result: EpochResult
 @torch.no_grad()
 def evaluate(model: SlotClassifier, batches: Iterable, objective: Objective, tta: str = "none",
              step_model: Callable | None = None) -> dict[str, Any]:
-    """Loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
+    """Loss, accuracy, the confusion matrix (rows: true class, columns: predicted) and each tile's
+    predicted class in the batches' order (``predicted``, a numpy array).
 
     ``step_model``: what runs the batches (a compiled ``model``; default ``model`` itself).
     ``tta`` other than 'none': the prediction is the argmax of the class probabilities averaged over the
@@ -247,6 +248,7 @@ def evaluate(model: SlotClassifier, batches: Iterable, objective: Objective, tta
     confusion = torch.zeros(k, k, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
     plain_right = torch.zeros((), dtype=torch.long, device=device)
+    predicted = []
     for images, target in batches:
         target, logits, loss, _ = objective(run, images, target)
         loss_sum += loss * target.shape[0]
@@ -257,9 +259,11 @@ def evaluate(model: SlotClassifier, batches: Iterable, objective: Objective, tta
             for view in views[1:]:   # the first view is the batch itself, whose logits are above
                 probs += objective.forward(run, view)[0].float().softmax(1)
             logits = probs / len(views)
-        confusion += torch.bincount(target * k + logits.argmax(1), minlength=k * k).view(k, k)
+        predicted.append(logits.argmax(1))
+        confusion += torch.bincount(target * k + predicted[-1], minlength=k * k).view(k, k)
     model.train(was_training)
     confusion = confusion.cpu()
     n = int(confusion.sum())
-    result = {"loss": loss_sum.item() / n, "acc": float(confusion.diag().sum()) / n, "confusion": confusion.tolist()}
+    result = {"loss": loss_sum.item() / n, "acc": float(confusion.diag().sum()) / n, "confusion": confusion.tolist(),
+              "predicted": torch.cat(predicted).cpu().numpy()}
     return result if tta == "none" else {**result, "acc_plain": plain_right.item() / n}
