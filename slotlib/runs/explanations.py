@@ -42,6 +42,8 @@ def mean_sd(values) -> dict[str, float]:
 def _fmt(stat: dict | None) -> str:
     if not stat or stat.get("n", 0) == 0 or not np.isfinite(stat["mean"]):
         return "-"
+    if stat["n"] == 1:
+        return f"{stat['mean']:.3f}"   # one value: no spread to state
     return f"{stat['mean']:.3f} ± {stat['sd']:.3f}"
 
 
@@ -111,8 +113,7 @@ def summary(results: dict[str, dict]) -> pd.DataFrame:
             for k in METRICS:
                 stat = mean_sd([r["methods"][method][k]["mean"] for r in have if k in r["methods"][method]])
                 row[k] = _fmt(stat)
-            if method == "head":
-                row["largest head value"] = f"{max(r['head_map_max'] for r in have):.3g}"
+            row["largest head value"] = f"{max(r['head_map_max'] for r in have):.3g}" if method == "head" else ""
             rows.append(row)
     return pd.DataFrame(rows)
 
