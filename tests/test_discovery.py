@@ -337,3 +337,13 @@ def test_grid_progress_line_names_both_readouts():
     line = done_detail({"kind": "discovery", "params": {"eval_masks": "posterior"}, "fg_ari": 0.93,
                         "fg_ari_alpha": 0.85, "fg_ari_posterior": 0.93, "test_mse": 0.0124})
     assert line == "fg-ari 0.9300 (posterior masks; alpha 0.8500, posterior 0.9300) mse 0.01240"
+
+
+def test_a_few_steps_on_multi_dsprites_scenes(tmp_path):
+    """The Multi-dSprites-style scenes (issue 36) train and score like the others; 64 px, coloured background."""
+    cfg = tiny_config(scenes="dsprites", background="colour", image_size=64, steps=4, eval_every=0,
+                      train_scenes=16, val_scenes=4, test_scenes=4)
+    run = discovery.fit(cfg, tmp_path, progress=False)
+    assert run.metrics["status"] == "done" and -1 <= run.metrics["fg_ari"] <= 1
+    assert cfg.digest() != tiny_config(image_size=64, background="colour", steps=4, eval_every=0,
+                                       train_scenes=16, val_scenes=4, test_scenes=4).digest()

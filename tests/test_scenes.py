@@ -57,7 +57,7 @@ def test_backgrounds(scenes):
 def test_bad_size_or_background():
     with pytest.raises(ConfigError, match="'image_size' must be one of 32, 64"):
         make_scenes(2, size=48)
-    with pytest.raises(ConfigError, match="'background' must be one of grey, black"):
+    with pytest.raises(ConfigError, match="'background' must be one of grey, black, colour"):
         make_scenes(2, background="white")
 
 
@@ -67,3 +67,60 @@ def test_fast_enough():
     start = time.perf_counter()
     make_scenes(2000, size=32, seed=1)
     assert time.perf_counter() - start < 10   # about 0.3 s per 1000 scenes on a quiet laptop core
+
+
+def test_shapes_scenes_are_unchanged_by_the_dsprites_kind():
+    # a cell trained before 'dsprites' existed must see the same scenes (hashes taken before the change)
+    import hashlib
+
+    for background, digest in (("grey", "1ecb36ed5ca0bcbe"), ("black", "13c2b3bc703a7a21")):
+        s = make_scenes(60, size=64, seed=5, background=background)
+        assert hashlib.sha256(s.images.tobytes() + s.masks.tobytes()).hexdigest()[:16] == digest
+
+
+@pytest.fixture(scope="module")
+def sprites():
+    return make_scenes(300, size=64, seed=3, kind="dsprites", background="colour")
+
+
+def test_dsprites_scenes_hold_rotated_squares_ellipses_and_hearts(sprites):
+    from slotlib.data.scenes import ALL_SHAPES, DSPRITES_RADIUS
+
+    present = sprites.objects[..., 0] > 0
+    shapes = {ALL_SHAPES[int(i)] for i in sprites.objects[..., 1][present]}
+    assert shapes == {"square", "ellipse", "heart"}
+    r, angle = sprites.objects[..., 4][present], sprites.objects[..., 8][present]
+    assert r.min() >= 0.5 * DSPRITES_RADIUS - 1e-9 and r.max() <= DSPRITES_RADIUS
+    assert angle.std() > 1.0                                    # rotations spread over the circle
+    visible = np.array([len(np.unique(m[m > 0])) for m in sprites.masks])
+    assert np.array_equal(visible, sprites.num_objects) and visible.min() == MIN_OBJECTS and visible.max() == MAX_OBJECTS
+    again = make_scenes(5, size=64, seed=3, kind="dsprites", background="colour", start=10)
+    assert np.array_equal(again.images, sprites.images[10:15])
+
+
+def test_dsprites_shapes_by_hand():
+    from slotlib.data.scenes import _shape_masks
+
+    def one(shape, angle=0.0, r=0.25):
+        row = np.zeros((1, 1, 9))
+        row[0, 0] = [1, shape, 0.5, 0.5, r, 1, 1, 1, angle]
+        return _shape_masks(row, 64)[0, 0]
+
+    ellipse = one(3)
+    rows, cols = np.nonzero(ellipse)
+    assert np.ptp(cols) > 1.8 * np.ptp(rows)                    # 2:1, long side along x at angle 0
+    turned = one(3, np.pi / 2)
+    rows, cols = np.nonzero(turned)
+    assert np.ptp(rows) > 1.8 * np.ptp(cols)                    # a quarter turn stands it up
+    heart = one(4)
+    assert heart[32, 32] and heart.sum() > 0.4 * (2 * 0.25 * 64) ** 2 * 0.5
+    assert not np.array_equal(heart, heart[::-1])              # a heart is not symmetric top to bottom
+    assert np.array_equal(heart, heart[:, ::-1])               # but is left to right
+
+
+def test_a_colour_background_is_one_colour_apart_from_the_objects(sprites):
+    for image, mask, objects in zip(sprites.images[:50], sprites.masks[:50], sprites.objects[:50]):
+        bg = image[mask == 0].astype(float) / 255
+        assert np.ptp(bg, axis=0).max() <= 1 / 255 + 1e-9       # one colour
+        colours = objects[objects[:, 0] > 0, 5:8]
+        assert np.linalg.norm(colours - bg[0], axis=1).min() >= 0.25 - 2 / 255

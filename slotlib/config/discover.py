@@ -10,12 +10,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .fields import ConfigError, coerce, did_you_mean, param, require, type_hints, where_suffix
+from .fields import HASHED, ConfigError, coerce, did_you_mean, param, require, type_hints, where_suffix
 
 DISCOVERY_SIZES = (32, 64)
 
 
-DISCOVERY_BACKGROUNDS = ("grey", "black")
+DISCOVERY_BACKGROUNDS = ("grey", "black", "colour")
+DISCOVERY_SCENES = ("shapes", "dsprites")
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,12 @@ class DiscoveryConfig:
     """The slot-attention autoencoder on synthetic scenes (notebooks/object_discovery.ipynb): one concern, one class."""
 
     # scenes (slotlib.data.scenes)
+    scenes: str = param("shapes", "'shapes' (square, circle, triangle, upright) or 'dsprites' (Multi-dSprites-style: "
+                        "dSprites' square, ellipse and heart at a random scale, rotation, position and colour)",
+                        unhashed_at="shapes")
     image_size: int = param(32, "scene size in pixels: 32 or 64")
-    background: str = param("grey", "'grey' (slightly noisy grey) or 'black' (plain; shows the collapse to the background)")
+    background: str = param("grey", "'grey' (slightly noisy grey), 'black' (plain; shows the collapse to the "
+                            "background) or 'colour' (one random colour per scene, Multi-dSprites' coloured variant)")
     scene_seed: int = param(0, "seed of the scene dataset; training, validation and test scenes are disjoint index ranges")
     train_scenes: int = param(20000, "training scenes, cycled through in a fresh order every pass")
     val_scenes: int = param(200, "validation scenes for FG-ARI during training")
@@ -66,6 +71,7 @@ class DiscoveryConfig:
                  f"one of {', '.join(map(str, DISCOVERY_SIZES))} for object discovery")
         require(self.background in DISCOVERY_BACKGROUNDS, "background", self.background,
                  f"one of {', '.join(DISCOVERY_BACKGROUNDS)}")
+        require(self.scenes in DISCOVERY_SCENES, "scenes", self.scenes, f"one of {', '.join(DISCOVERY_SCENES)}")
         for key in ("train_scenes", "test_scenes", "num_slots", "slot_dim", "mlp_hidden", "slot_iters",
                     "enc_channels", "dec_channels", "batch_size", "steps", "decay_steps"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
@@ -107,7 +113,9 @@ class DiscoveryConfig:
 
     def digest(self) -> str:
         """Short hash of every parameter that changes what is computed (not the CPU thread count)."""
-        params = {k: v for k, v in self.to_params().items() if k not in DISCOVERY_LOCAL_ONLY}
+        unhashed = {f.name: f.metadata.get("unhashed_at", HASHED) for f in dataclasses.fields(self)}
+        params = {k: v for k, v in self.to_params().items()
+                  if k not in DISCOVERY_LOCAL_ONLY and unhashed.get(k, HASHED) != v}   # newer keys at their old value
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
 
 

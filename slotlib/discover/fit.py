@@ -43,7 +43,7 @@ class SceneSplits:
 
 def make_splits(cfg: "DiscoveryConfig") -> SceneSplits:
     """Disjoint index ranges of one seeded scene dataset: the test set is the same whatever train_scenes is."""
-    kw = dict(size=cfg.image_size, background=cfg.background, seed=cfg.scene_seed)
+    kw = dict(size=cfg.image_size, background=cfg.background, seed=cfg.scene_seed, kind=cfg.scenes)
     return SceneSplits(train=make_scenes(cfg.train_scenes, start=0, **kw),
                        val=make_scenes(cfg.val_scenes, start=VAL_START, **kw),
                        test=make_scenes(cfg.test_scenes, start=TEST_START, **kw))
