@@ -46,7 +46,7 @@ def main(paths: list[str]) -> None:
             for a, b in PAIRS:
                 if f"items_{a}_{metric}" in figures and f"items_{b}_{metric}" in figures:
                     t = paired(figures, metric, a, b)
-                    row.append(f"{t['mean_diff']:+.3f} (p {t['p']:.2g}, n {t['n']})")
+                    row.append(f"{t['mean_diff']:+.3f} (p {t['p']:.2g}, n {t['n']})".replace('(p 0,', '(p < 1e-300,'))
                 else:
                     row.append("–")
             print(f"| {cell.name} | {metric} | " + " | ".join(row) + " |")
