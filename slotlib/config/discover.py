@@ -24,12 +24,12 @@ class DiscoveryConfig:
     """The slot-attention autoencoder on synthetic scenes (notebooks/object_discovery.ipynb): one concern, one class."""
 
     # scenes (slotlib.data.scenes)
-    scenes: str = param("shapes", "'shapes' (square, circle, triangle, upright) or 'dsprites' (Multi-dSprites-style: "
-                        "dSprites' square, ellipse and heart at a random scale, rotation, position and colour)",
-                        unhashed_at="shapes")
     image_size: int = param(32, "scene size in pixels: 32 or 64")
     background: str = param("grey", "'grey' (slightly noisy grey), 'black' (plain; shows the collapse to the "
                             "background) or 'colour' (one random colour per scene, Multi-dSprites' coloured variant)")
+    scenes: str = param("shapes", "'shapes' (square, circle, triangle, upright) or 'dsprites' (Multi-dSprites-style: "
+                        "dSprites' square, ellipse and heart at a random scale, rotation, position and colour)",
+                        unhashed_at="shapes")
     scene_seed: int = param(0, "seed of the scene dataset; training, validation and test scenes are disjoint index ranges")
     train_scenes: int = param(20000, "training scenes, cycled through in a fresh order every pass")
     val_scenes: int = param(200, "validation scenes for FG-ARI during training")
