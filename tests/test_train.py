@@ -60,7 +60,7 @@ def test_two_stage_run_writes_the_cell_folder(run, tmp_path, monkeypatch):
     metrics = run(stage1_epochs=2, stage2_epochs=1)
     out = tmp_path / "run"
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
-        "params.yaml", "history.csv", "metrics.json", "best.pt", "last.pt", "maps.npz"}
+        "params.yaml", "history.csv", "metrics.json", "best.pt", "last.pt", "maps.npz", "predictions.npz"}
     assert METRIC_KEYS <= set(metrics) and metrics == json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "done" and metrics["error"] is None
     assert all(0 <= metrics[k] <= 1 for k in ("best_val_acc", "test_acc", "stage1_best_val_acc"))
