@@ -19,9 +19,10 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from .config import HEADS, Config, ConfigError, load_params_file, parse_params, parse_set
+from .config import HEADS, Config, ConfigError, DiscoveryConfig, load_params_file, parse_params, parse_set
 
 EXIT_BAD_INPUT = 2
 
@@ -74,7 +75,14 @@ def train(params_path: str, out_dir: str, overrides: dict, cell: str | None, pro
                           f"or run them all with `slotlib grid`")
     else:
         chosen = cells
-    return run(chosen[0].config, out_dir, progress=progress)
+    config = chosen[0].config
+    if isinstance(config, DiscoveryConfig):   # the object-discovery autoencoder, as object_discovery.ipynb trains it
+        from .discover.fit import fit, fit_black
+
+        fit(config, out_dir, progress=progress)
+        fit_black(config, out_dir, progress=progress)   # with black_steps, it marks the cell done
+        return json.loads((Path(out_dir) / "metrics.json").read_text())
+    return run(config, out_dir, progress=progress)
 
 
 def bench(args: argparse.Namespace) -> dict:
@@ -215,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (NonFiniteLossError, HeadCollapseError) as err:  # recorded in metrics.json as failed
                 print(f"slotlib: training stopped: {err}", file=sys.stderr)
                 return 1
-            print(json.dumps({k: metrics.get(k) for k in ("status", "best_val_acc", "best_stage", "best_epoch",
-                                                          "test_acc", "wall_seconds")}))
+            keys = (("status", "fg_ari", "fg_ari_alpha", "fg_ari_posterior", "test_mse", "wall_seconds")
+                    if metrics.get("kind") == "discovery" else
+                    ("status", "best_val_acc", "best_stage", "best_epoch", "test_acc", "wall_seconds"))
+            print(json.dumps({k: metrics.get(k) for k in keys}))
         elif args.command == "grid":
             from .runs.files import check_out_folder
             from .runs.grid import run_grid

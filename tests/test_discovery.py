@@ -289,6 +289,21 @@ def test_describe_dry_run_and_status(tmp_path, capsys):
     assert "unknown parameter 'stage1_epochs'" in capsys.readouterr().err
 
 
+def test_train_runs_a_discovery_cell_in_process(tmp_path, capsys):
+    """`slotlib train` on an object-discovery params file trains the autoencoder (it raised an
+    AttributeError traceback before), with the black-background control when black_steps asks."""
+    from slotlib.cli import main
+
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump({"notebook": "object_discovery.ipynb", "base": {
+        "train_scenes": 16, "val_scenes": 4, "test_scenes": 4, "batch_size": 4, "steps": 3, "warmup_steps": 1,
+        "eval_every": 0, "black_steps": 2, "device": "cpu", **TINY}}))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["status"] == "done" and -1 <= printed["fg_ari"] <= 1
+    assert (tmp_path / "run" / "model.pt").exists() and (tmp_path / "run" / "black" / "metrics.json").exists()
+
+
 # --------------------------------------------------------------------------- the notebook, through slotlib grid
 
 def test_notebook_runs_through_grid(tmp_path):
