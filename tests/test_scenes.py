@@ -124,3 +124,9 @@ def test_a_colour_background_is_one_colour_apart_from_the_objects(sprites):
         assert np.ptp(bg, axis=0).max() <= 1 / 255 + 1e-9       # one colour
         colours = objects[objects[:, 0] > 0, 5:8]
         assert np.linalg.norm(colours - bg[0], axis=1).min() >= 0.25 - 2 / 255
+
+
+def test_no_scenes_is_an_empty_set():
+    # val_scenes: 0 is a valid setting; it asked numpy to stack nothing
+    empty = make_scenes(0, size=64, kind="dsprites", background="colour")
+    assert len(empty) == 0 and empty.images.shape == (0, 64, 64, 3) and empty.objects.shape[1:] == (MAX_OBJECTS, 9)

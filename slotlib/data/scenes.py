@@ -189,6 +189,9 @@ def make_scenes(n: int, *, size: int = 32, background: str = "grey", seed: int =
                              kind=kind) for i in range(0, n, CHUNK)]
         return Scenes(*(np.concatenate([getattr(p, f) for p in parts])
                         for f in ("images", "masks", "num_objects", "objects")))
+    if n == 0:   # e.g. val_scenes: 0
+        return Scenes(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8),
+                      np.zeros(0, int), np.zeros((0, MAX_OBJECTS, 9)))
     rngs = [np.random.default_rng([seed, i]) for i in range(start, start + n)]
     draw = _draw_objects if kind == "shapes" else _draw_dsprites
     objects = np.stack([draw(rng) for rng in rngs])                       # [N,K,9]
