@@ -20,14 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..heads.registry import class_attention
 from ..runs.folder import MAPS as MAPS_FILE  # the report draws its heatmaps from it (numpy alone: no torch)
 from ..runs.folder import load_checkpoint, read_params
-
-
-def class_attention(attn: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``attn [B,S,N]`` -> ``[B,K,N]``: a class's P slots summed (SCOUTER's visualisation)."""
-    b, s, n = attn.shape
-    return attn.view(b, num_classes, s // num_classes, n).sum(2)
 
 
 @torch.no_grad()

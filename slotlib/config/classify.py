@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..heads import DEFAULT_HEAD, HEADS, head_class, heads_help
-from .fields import HASHED, ConfigError, coerce, did_you_mean, param, require, type_hints, where_suffix
+from .fields import ConfigError, at_unhashed_value, coerce, did_you_mean, param, require, type_hints, where_suffix
 
 TOKEN_NORMS = ("auto", "group", "rms", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -283,7 +283,7 @@ class Config:
         params = {}
         for name, value in self.to_params().items():
             section, f = FIELDS[name]
-            if name in LOCAL_ONLY or (f.metadata["unhashed_at"] is not HASHED and value == f.metadata["unhashed_at"]):
+            if name in LOCAL_ONLY or at_unhashed_value(f, value):
                 continue
             if section not in SECTIONS and name not in own and not f.metadata["hashed_for_every_head"]:
                 continue

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .fields import HASHED, ConfigError, coerce, did_you_mean, param, require, type_hints, where_suffix
+from .fields import ConfigError, at_unhashed_value, coerce, did_you_mean, param, require, type_hints, where_suffix
 
 DISCOVERY_SIZES = (32, 64)
 
@@ -113,9 +113,9 @@ class DiscoveryConfig:
 
     def digest(self) -> str:
         """Short hash of every parameter that changes what is computed (not the CPU thread count)."""
-        unhashed = {f.name: f.metadata.get("unhashed_at", HASHED) for f in dataclasses.fields(self)}
+        fields = {f.name: f for f in dataclasses.fields(self)}
         params = {k: v for k, v in self.to_params().items()
-                  if k not in DISCOVERY_LOCAL_ONLY and unhashed.get(k, HASHED) != v}   # newer keys at their old value
+                  if k not in DISCOVERY_LOCAL_ONLY and not at_unhashed_value(fields[k], v)}   # newer keys at their old value
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
 
 

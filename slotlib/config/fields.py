@@ -37,6 +37,12 @@ def param(default: Any, help: str, *, unhashed_at: Any = HASHED, hashed_for_ever
                                             "hashed_for_every_head": hashed_for_every_head})
 
 
+def at_unhashed_value(f: Any, value: Any) -> bool:
+    """Whether a parameter (its dataclass field ``f``) is at the value its ``unhashed_at`` leaves out of the
+    cell hash: what was computed before it existed."""
+    return f.metadata.get("unhashed_at", HASHED) is not HASHED and value == f.metadata["unhashed_at"]
+
+
 def did_you_mean(name: str, names: Any) -> str:
     close = difflib.get_close_matches(name, names, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -47,6 +47,12 @@ class SlotsParams:
         require(self.slot_iters >= 1, "slot_iters", self.slot_iters, "an integer >= 1")
 
 
+def class_attention(attn: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``attn [B,S,N]`` -> ``[B,K,N]``: a class's P slots summed (SCOUTER's visualisation)."""
+    b, s, n = attn.shape
+    return attn.view(b, num_classes, s // num_classes, n).sum(2)
+
+
 class Head(nn.Module):
     """Base class of the classification heads (see the module docstring for what a subclass defines)."""
 
@@ -73,8 +79,7 @@ class Head(nn.Module):
         a sum of per-token terms overrides this with those terms, centred over the classes: they add up to
         the centred logits (SCOUTER, the linear head). This default centres the class attention (a
         class's slots summed) over the classes: positive where a class holds more than the mean class."""
-        b, s, n = attn.shape
-        per_class = attn.view(b, num_classes, s // num_classes, n).sum(2)   # [B,K,N]
+        per_class = class_attention(attn, num_classes)                      # [B,K,N]
         return per_class - per_class.mean(1, keepdim=True)
 
     def loss_terms(self, attn: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config.fields import param, require
-from .registry import Head, SlotsParams, register_head
+from .registry import Head, SlotsParams, class_attention, register_head
 
 SCOUTER_NORMS = ("none", "scouter")
 
@@ -141,8 +141,7 @@ class ScouterSlotAttention(Head):
         """A logit is ``sign * logit_scale * sum_n attn[n] * mean_d tokens[n]`` (a class's slots added): its
         per-token terms, centred over the classes, ``[B,K,N]``. Raw sigmoid attention can be high for every
         class on a token (nothing makes the slots compete); the centred terms keep what tells classes apart."""
-        b, s, n = attn.shape
-        per_class = attn.view(b, num_classes, s // num_classes, n).sum(2)                  # [B,K,N]
+        per_class = class_attention(attn, num_classes)                                    # [B,K,N]
         terms = self.sign * self.logit_scale * per_class * tokens.mean(2)[:, None]         # [B,K,N] sum_n: logits
         return terms - terms.mean(1, keepdim=True)
 
