@@ -4,8 +4,9 @@ head's own map and its evidence against Grad-CAM on each cell's same items (Wilc
 
     .venv/bin/python benchmarks/explain_table.py outputs/head_check outputs/cpu_recipe/scouter_seed0-93cbdf89
 
-Each argument is a grid folder (its benchmarked cells) or a cell folder. Cells benchmarked before
-2026-12-03 kept no item scores; their paired tests are left out, with a note.
+Each argument is a grid folder (its benchmarked cells) or a cell folder. The paired tests read each cell's
+``explanations.npz`` (in the run folders; docs/cpu keeps this script's printed output, not the arrays).
+Cells benchmarked before 2026-12-03 kept no item scores; their paired tests are left out, with a note.
 """
 
 from __future__ import annotations
