@@ -40,7 +40,7 @@ def main(paths: list[str]) -> None:
     for cell in cells:
         figures = read_figures(cell) or {}
         if not any(k.startswith("items_") for k in figures):
-            print(f"| {cell.name} | (no item scores: benchmarked before they were kept) |" + " |" * len(PAIRS))
+            print(f"| {cell.name} | (no item scores here: benchmarked before they were kept, or a copy without the arrays) |" + " |" * len(PAIRS))
             continue
         for metric in METRICS:
             row = []
