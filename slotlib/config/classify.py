@@ -32,7 +32,7 @@ MIN_TOKENS = 4   # tokens per side the auto output_stride keeps at least
 @dataclass(frozen=True)
 class DataConfig:
     data_root: str | None = param(None, "folder holding eurosat/2750 (default: $EUROSAT_ROOT, else ./data)")
-    split: str = param("random", "'random', or a split file: CoOp JSON or torchgeo eurosat-{train,val,test}.txt")
+    split: str = param("random", "'random', 'torchgeo' (Neumann et al.'s split, the standard one), or a split file: CoOp JSON or torchgeo eurosat-{train,val,test}.txt")
     split_seed: int = param(42, "seed of the random split")
     split_fractions: tuple[float, float, float] = param((0.7, 0.15, 0.15), "train/val/test fractions of the random split")
     per_class_limit: int | None = param(None, "keep the first N tiles of each class, for quick runs; null keeps all")
@@ -65,7 +65,7 @@ class DataConfig:
         require(self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
         require(self.pipeline in PIPELINES, "pipeline", self.pipeline, f"one of {', '.join(PIPELINES)}")
         require(self.split == "random" or bool(self.split.strip()), "split", self.split,
-                 "'random' or the path of a split file")
+                 "'random', 'torchgeo' or the path of a split file")
 
     @property
     def eval_px(self) -> int:

@@ -1,5 +1,6 @@
 """Train/val/test splits: a seeded random 70/15/15 split, the fixed CoOp JSON split
-(``split_zhou_EuroSAT.json``) or the torchgeo text lists (``eurosat-{train,val,test}.txt``).
+(``split_zhou_EuroSAT.json``) or the torchgeo text lists (``eurosat-{train,val,test}.txt``),
+by path or as ``torchgeo``: Neumann et al.'s split, the one published EuroSAT figures compare on.
 
 References
 ----------
@@ -137,8 +138,8 @@ def read_split_spec(split: str | Path) -> tuple[Path, dict[str, list[tuple[str, 
     if spec.exists() or spec.with_name(f"{spec.name}-train.txt").is_file():
         return spec, read_torchgeo_lists(spec)
     raise FileNotFoundError(
-        f"split={str(split)!r} is neither 'random' nor an existing split file or folder; "
-        f"pass 'random', a CoOp JSON file, or a torchgeo eurosat-{{train,val,test}}.txt "
+        f"split={str(split)!r} is neither 'random', 'torchgeo' nor an existing split file or "
+        f"folder; pass 'random', 'torchgeo', a CoOp JSON file, or a torchgeo eurosat-{{train,val,test}}.txt "
         f"list, its folder or its prefix."
     )
 
@@ -182,6 +183,41 @@ def file_split(ds: EuroSAT, split: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+# torchgeo's host for the Neumann et al. lists (torchgeo PR #2432; the Google Cloud copy is gone).
+TORCHGEO_SPLIT_URL = (
+    "https://hf.co/datasets/torchgeo/eurosat/resolve/"
+    "1ce6f1bfb56db63fd91b6ecc466ea67f2509774c/eurosat-{name}.txt"
+)
+
+
+def torchgeo_split_folder(ds: EuroSAT, download: bool = True) -> Path:
+    """The folder of the Neumann et al. (torchgeo) lists for ``split: torchgeo``.
+
+    Looked for as ``<eurosat>/splits/torchgeo`` (``<eurosat>`` holds ``2750``), then next to
+    ``2750``; when absent they are downloaded the torchgeo way into the first.
+    """
+    home = ds.root.parent / "splits" / "torchgeo"
+    for folder in (home, ds.root.parent, ds.root):
+        if all((folder / f"eurosat-{name}.txt").is_file() for name in SPLIT_NAMES):
+            return folder
+    reason = "download=False"
+    if download:
+        from torchvision.datasets.utils import download_url
+
+        try:
+            for name in SPLIT_NAMES:
+                download_url(TORCHGEO_SPLIT_URL.format(name=name), str(home), f"eurosat-{name}.txt")
+            return home
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            for name in SPLIT_NAMES:
+                (home / f"eurosat-{name}.txt").unlink(missing_ok=True)
+            reason = f"downloading them from {TORCHGEO_SPLIT_URL.format(name='train')} failed ({err})"
+    raise FileNotFoundError(
+        f"split=torchgeo needs eurosat-train.txt, eurosat-val.txt and eurosat-test.txt in {home} "
+        f"and {reason}; put torchgeo's lists there, or pass their folder as `split`."
+    )
+
+
 def split_indices(
     ds: EuroSAT,
     split: str | Path = "random",
@@ -194,9 +230,12 @@ def split_indices(
     ``split='random'`` permutes all samples with ``np.random.default_rng(split_seed)``
     and cuts by ``split_fractions``. Any other value is a split file: a CoOp
     JSON, or a torchgeo list given as its folder, one of its three files, or
-    its prefix. File entries are matched to ``ds.paths`` by file name (without
-    extension); entries absent from ``ds`` are dropped.
+    its prefix. ``split='torchgeo'`` is Neumann et al.'s split (torchgeo's lists), found
+    beside the data or downloaded (``torchgeo_split_folder``). File entries are matched to
+    ``ds.paths`` by file name (without extension); entries absent from ``ds`` are dropped.
     """
     if isinstance(split, str) and split == "random":
         return random_split(len(ds), split_seed, split_fractions)
+    if isinstance(split, str) and split == "torchgeo":
+        return file_split(ds, torchgeo_split_folder(ds))
     return file_split(ds, split)
