@@ -26,7 +26,7 @@ METRIC_KEYS = {"status", "cell_id", "params", "best_val_acc", "best_stage", "bes
                "test_acc", "test_loss", "per_class_test_acc", "n_params", "wall_seconds", "train_images_per_second",
                "device", "versions", "git_sha", "data_fingerprint", "error"}
 HISTORY = ["stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_second",
-           "logit_spread", "attn_saturated"]
+           "logit_spread", "attn_saturated", "wall_seconds"]
 
 
 def tiny(root, **overrides) -> dict:
@@ -42,7 +42,7 @@ def history(out) -> list[dict]:
 
 def comparable(rows):
     """History without the timing columns, which differ from run to run."""
-    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second", "wall_seconds")} for r in rows]
 
 
 @pytest.fixture
@@ -69,6 +69,8 @@ def test_two_stage_run_writes_the_cell_folder(run, tmp_path, monkeypatch):
     rows = history(out)
     assert list(rows[0]) == HISTORY
     assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "1")]
+    walls = [float(r["wall_seconds"]) for r in rows]   # the run's wall so far, growing, the last before the test
+    assert walls == sorted(walls) and 0 < walls[-1] == metrics["train_wall_seconds"] <= metrics["wall_seconds"]
     best = max(rows, key=lambda r: float(r["val_acc"]))
     assert metrics["best_val_acc"] == pytest.approx(float(best["val_acc"]))
     assert Config.from_params(yaml.safe_load((out / "params.yaml").read_text())).to_params() == metrics["params"]

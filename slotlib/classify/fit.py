@@ -35,7 +35,7 @@ from .losses import HeadCollapseError
 from .steps import StagePlan, collapse_of, make_optimizer, set_stage, stage_plans, train_mode, train_one_epoch
 
 HISTORY_COLUMNS = ("stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
-                   "images_per_second", "logit_spread", "attn_saturated")
+                   "images_per_second", "logit_spread", "attn_saturated", "wall_seconds")
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
@@ -125,7 +125,9 @@ def _fit_locked(exp: Experiment) -> dict[str, Any]:
         if cfg.train.heatmap_tiles:
             from .explain import MAPS_FILE, write_maps
             write_maps(exp, out / MAPS_FILE, per_class=cfg.train.heatmap_tiles)
-        return write_metrics("done", test_acc=test["acc"], test_loss=test["loss"], per_class_test_acc=per_class,
+        trained = state.history[-1].get("wall_seconds") if state.history else None
+        return write_metrics("done", train_wall_seconds=float(trained) if trained not in (None, "") else None,
+                             test_acc=test["acc"], test_loss=test["loss"], per_class_test_acc=per_class,
                              test_confusion=test["confusion"], class_names=list(exp.class_names), **with_tta,
                              **explanation)
     except KeyboardInterrupt:
@@ -182,7 +184,9 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
                               "images_per_second": round(result.images_per_second, 1),
                               "logit_spread": round(result.spread_mean, 6),
                               "attn_saturated": round(result.diagnostics["saturated"][0], 4)
-                              if "saturated" in result.diagnostics else ""})
+                              if "saturated" in result.diagnostics else "",
+                              # the run's wall so far, validation included: the x of an accuracy-vs-minutes curve
+                              "wall_seconds": round(wall_before + time.perf_counter() - wall_start, 1)})
         state.stage, state.epoch = plan.index, epoch
         state.train_seconds += result.seconds
         state.train_images += result.images
