@@ -64,3 +64,38 @@ def test_a_finished_run_writes_its_test_predictions(tiny_run):
         assert len(p["indices"]) == len(p["target"]) == len(p["predicted"])
         assert (p["predicted"] == p["target"]).mean() == pytest.approx(metrics["test_acc"])
     assert json.loads((out / "metrics.json").read_text())["status"] == "done"
+
+
+def test_paired_rows_compare_the_best_setting_seed_by_seed(tmp_path):
+    import pandas as pd
+
+    from slotlib.runs.compare import paired_rows
+
+    cell(tmp_path, "scouter_seed0-aa", [1] * 9 + [0])
+    cell(tmp_path, "scouter_seed1-bb", [1] * 10)
+    cell(tmp_path, "linear_seed0-cc", [0] * 5 + [1] * 5)
+    (tmp_path / "linear_seed1-dd").mkdir()   # finished, but without predictions: said, not skipped
+    table = pd.DataFrame({"cell": ["scouter_seed0-aa", "scouter_seed1-bb", "linear_seed0-cc", "linear_seed1-dd"],
+                          "status": "done", "best_val_acc": [0.90, 0.92, 0.95, 0.80], "seed": [0, 1, 0, 1]})
+    pairs = paired_rows(tmp_path, table)
+    # the best setting is chosen on mean validation accuracy (scouter 0.91 > linear 0.875), never on test
+    assert list(pairs["best"]) == ["scouter", "scouter"] and list(pairs["seed"]) == [0, 1]
+    first = pairs.iloc[0]
+    assert (first["best right only"], first["it right only"]) == (5, 1) and first["test"] == "exact binomial"
+    assert first["p"] == pytest.approx(2 * (6 + 1) / 64)
+    assert pairs.iloc[1]["test"].startswith("not compared") and "predictions.npz" in pairs.iloc[1]["test"]
+    assert paired_rows(tmp_path, table, best="linear").iloc[0]["best"] == "linear"
+    assert paired_rows(tmp_path, table[table["cell"].str.startswith("scouter")]).empty   # one setting only
+
+
+def test_budgets_differ_by_axis_or_by_training_time():
+    import pandas as pd
+
+    from slotlib.runs.compare import budgets_differ, train_minutes
+
+    table = pd.DataFrame({"cell": ["a_seed0-1", "b_seed0-2"], "status": "done", "wall_seconds": [600.0, 700.0],
+                          "train_wall_seconds": [540.0, None]})
+    assert list(train_minutes(table)) == [9.0, 700.0 / 60]   # the whole run where training time was not kept
+    assert not budgets_differ(table, ["head", "seed"])
+    assert budgets_differ(table, ["stage2_epochs", "seed"])
+    assert budgets_differ(table.assign(train_wall_seconds=[540.0, 1200.0]), ["head"])

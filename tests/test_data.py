@@ -303,6 +303,49 @@ def test_torchgeo_split(fake_ds: EuroSAT, tmp_path: Path, form: str) -> None:
     assert_matches_file_split(fake_ds, split_indices(fake_ds, spec))
 
 
+def test_named_torchgeo_split_is_found_beside_the_data(fake_ds: EuroSAT, fake_root: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.utils as tv_utils
+
+    monkeypatch.setattr(tv_utils, "download_url", lambda *a, **k: pytest.fail("the lists are here: no download"))
+    write_torchgeo_lists(fake_root / "eurosat" / "splits" / "torchgeo")
+    assert_matches_file_split(fake_ds, split_indices(fake_ds, "torchgeo"))
+
+
+def test_named_torchgeo_split_downloads_the_lists(fake_ds: EuroSAT, fake_root: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.utils as tv_utils
+
+    source = write_torchgeo_lists(tmp_path / "host")
+    fetched = []
+
+    def download_url(url, root, filename):   # torchgeo's host, served from a folder
+        fetched.append(url)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / filename).write_bytes((source / Path(url).name).read_bytes())
+
+    monkeypatch.setattr(tv_utils, "download_url", download_url)
+    assert_matches_file_split(fake_ds, split_indices(fake_ds, "torchgeo"))
+    assert len(fetched) == 3 and all(u.startswith("https://hf.co/datasets/torchgeo/eurosat/") for u in fetched)
+    assert (fake_root / "eurosat" / "splits" / "torchgeo" / "eurosat-test.txt").is_file()
+
+
+def test_named_torchgeo_split_without_network_says_where(fake_ds: EuroSAT, fake_root: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(url, root, filename):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / filename).write_text("partial")
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    folder = fake_root / "eurosat" / "splits" / "torchgeo"
+    with pytest.raises(FileNotFoundError, match=r"split=torchgeo needs eurosat-train.txt.*no network"):
+        split_indices(fake_ds, "torchgeo")
+    assert not list(folder.glob("*.txt"))   # nothing half-downloaded is left to be mistaken for the lists
+
+
 def test_split_file_drops_tiles_not_in_dataset(fake_root: Path, cache_dir: Path,
                                                tmp_path: Path) -> None:
     small = load_eurosat(fake_root, download=False, cache_dir=cache_dir, per_class_limit=2)
@@ -442,11 +485,12 @@ def test_real_random_split(real_ds: EuroSAT) -> None:
     [
         ("eurosat/split_zhou_EuroSAT.json", [13500, 5400, 8100]),
         ("eurosat/splits/torchgeo", [16200, 5400, 5400]),
+        ("torchgeo", [16200, 5400, 5400]),
     ],
 )
 def test_real_shipped_splits(
     real_ds: EuroSAT, real_root: Path, relpath: str, sizes: list[int]
 ) -> None:
-    splits = split_indices(real_ds, real_root / relpath)
+    splits = split_indices(real_ds, relpath if relpath == "torchgeo" else real_root / relpath)
     assert_partition(splits)
     assert [len(splits[k]) for k in ("train", "val", "test")] == sizes

@@ -1,4 +1,5 @@
-"""Two cells on the same test tiles: McNemar's test on their predictions (``slotlib compare``), without torch.
+"""Two cells on the same test tiles: McNemar's test on their predictions (``slotlib compare``, and the grid
+report's best configuration against the others, seed by seed), without torch.
 
 Two means say little when the accuracies differ by a few tiles: McNemar's test counts only the tiles the
 two cells disagree on, ``b`` (A right, B wrong) and ``c`` (A wrong, B right). With fewer than
@@ -11,9 +12,11 @@ statistical tests for comparing supervised classification learning algorithms", 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..config import ConfigError
 
@@ -62,3 +65,58 @@ def compare_cells(a_dir: str | os.PathLike, b_dir: str | os.PathLike) -> str:
     return (f"A {a_dir}: {100 * r['acc_a']:.2f}% test; B {b_dir}: {100 * r['acc_b']:.2f}% test, on the same "
             f"{r['tiles']:,} tiles. A right where B is wrong: {r['a_only']}; B right where A is wrong: "
             f"{r['b_only']}. McNemar ({r['test']}): p = {r['p']:.3g}.")
+
+
+def configuration(cell: str) -> str:
+    """A cell folder's configuration: its name less seed and hash (``scouter_ep8_seed1-25371c87`` ->
+    ``scouter_ep8``; ``seed2-...`` -> ``base``)."""
+    return re.sub(r"_?seed\d+$", "", cell.rsplit("-", 1)[0]) or "base"
+
+
+def paired_rows(runs_dir: str | os.PathLike, table: pd.DataFrame, best: str | None = None) -> pd.DataFrame:
+    """McNemar's test of the best configuration against every other one, seed by seed on the same test tiles.
+
+    ``table`` holds one row per cell with ``cell``, ``status``, ``best_val_acc`` and ``seed`` (the grid
+    report's table). The best configuration is ``best``, else the one of highest mean validation accuracy
+    (the test set never chooses). A seed is compared where both configurations finished it and both wrote
+    ``predictions.npz``; a pair that cannot be compared is a row saying why."""
+    done = table[table["status"] == "done"].assign(config=lambda t: t["cell"].map(configuration))
+    if done.empty or done["config"].nunique() < 2:
+        return pd.DataFrame()
+    means = done.groupby("config", sort=False)["best_val_acc"].mean().sort_values(ascending=False)
+    best = best if best in means.index else means.index[0]
+    seed_of = (lambda row: row["seed"]) if "seed" in done.columns else (lambda row: None)
+    cells = {(row["config"], seed_of(row)): row["cell"] for _, row in done.iterrows()}
+    rows = []
+    for other in means.index.drop(best):
+        for (config, seed), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
+            if config != other or (best, seed) not in cells:
+                continue
+            row = {"best": best, "against": other, "seed": seed}
+            try:
+                r = mcnemar(read_predictions(Path(runs_dir) / cells[(best, seed)]), read_predictions(Path(runs_dir) / cell))
+            except ConfigError as err:
+                rows.append({**row, "test": f"not compared: {err}"})
+                continue
+            rows.append({**row, "best test acc": r["acc_a"], "its test acc": r["acc_b"], "best right only": r["a_only"],
+                         "it right only": r["b_only"], "test": r["test"], "p": r["p"]})
+    return pd.DataFrame(rows)
+
+
+BUDGET_AXES = ("stage1_epochs", "stage2_epochs", "image_size", "eval_size", "per_class_limit", "batch_size", "steps")
+
+
+def train_minutes(table: pd.DataFrame) -> pd.Series:
+    """Each cell's training minutes: ``train_wall_seconds`` (validation included, the final test left out), else
+    the whole run's ``wall_seconds`` for cells finished before it was recorded."""
+    wall = table["train_wall_seconds"] if "train_wall_seconds" in table.columns else pd.Series(np.nan, table.index)
+    return wall.fillna(table["wall_seconds"]).astype(float) / 60
+
+
+def budgets_differ(table: pd.DataFrame, axes: list[str]) -> bool:
+    """Whether a grid's cells differ in budget: it varies an epoch count, a size or a limit, or its finished
+    cells' training times differ by more than half."""
+    if any(a in BUDGET_AXES for a in axes):
+        return True
+    minutes = train_minutes(table[table["status"] == "done"]).dropna()
+    return len(minutes) > 1 and minutes.max() > 1.5 * minutes.min()

@@ -25,8 +25,9 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 
 RESULT_COLUMNS = ["best_val_acc", "test_acc", "test_acc_plain", "val_acc_tta", "best_stage", "best_epoch", "n_params",
-                  "wall_seconds", "train_images_per_second", "area_size", "deletion_auc", "insertion_auc"]
-TTA_COLUMNS = ("test_acc_plain", "val_acc_tta")   # only cells with test-time augmentation have them
+                  "wall_seconds", "train_wall_seconds", "train_images_per_second", "area_size", "deletion_auc", "insertion_auc"]
+# only cells with test-time augmentation have the first two; cells finished before 2026-12-03 lack the third
+OPTIONAL_COLUMNS = ("test_acc_plain", "val_acc_tta", "train_wall_seconds")
 
 
 def grid_axes(runs_dir: str | os.PathLike) -> list[str]:
@@ -63,7 +64,7 @@ def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
                      **{k: m.get(k) for k in RESULT_COLUMNS}, "error": m.get("error")})
     columns = ["cell", "status", *(axes or ["head"]), *RESULT_COLUMNS, "error"]
     table = pd.DataFrame(rows, columns=columns)
-    return table.drop(columns=[c for c in TTA_COLUMNS if table[c].isna().all()])
+    return table.drop(columns=[c for c in OPTIONAL_COLUMNS if table[c].isna().all()])
 
 
 def ranked(table: pd.DataFrame) -> pd.DataFrame:

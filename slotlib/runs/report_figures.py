@@ -82,6 +82,33 @@ def plot_params_vs_accuracy(table: pd.DataFrame, reference: tuple[float, float] 
     return fig
 
 
+def plot_budget_curve(table: pd.DataFrame, marks: dict[str, str] | None = None, target: float | None = None):
+    """Test accuracy against training minutes, one point per finished cell, one colour per configuration (its
+    name less seed); ``marks`` labels configurations (``{"scouter_ep8": "fast recipe"}``) with a ring,
+    ``target`` (a fraction) draws a dashed line."""
+    import matplotlib.pyplot as plt
+
+    from .compare import configuration, train_minutes
+
+    done = table[table["status"] == "done"].assign(minutes=train_minutes, test_pct=lambda t: 100 * t["test_acc"].astype(float),
+                                                   config=lambda t: t["cell"].map(configuration))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for config, cells in done.groupby("config", sort=False):
+        points = ax.scatter(cells["minutes"], cells["test_pct"], s=28, label=config, zorder=3)
+        if marks and config in marks:
+            ax.scatter(cells["minutes"], cells["test_pct"], s=150, facecolors="none", zorder=2,
+                       edgecolors=points.get_facecolor(), linewidths=1.5)
+            ax.annotate(marks[config], (cells["minutes"].mean(), cells["test_pct"].max()), xytext=(0, 8),
+                        textcoords="offset points", ha="center", fontsize=8)
+    if target is not None:
+        ax.axhline(100 * target, ls="--", lw=0.8, color="grey")
+    ax.set(xlabel="training minutes per cell (validation included, final test excluded)", ylabel="test accuracy (%)",
+           title="test accuracy against training time")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def plot_confusion(metrics: dict, title: str):
     """The test confusion matrix of one cell (rows: true class, columns: predicted), counts and row percent."""
     import matplotlib.pyplot as plt
