@@ -1,9 +1,11 @@
 """A Markdown table of a grid folder's cells, seeds pooled: mean and sd of best validation and
 test accuracy (with ``tta``: also the plain test and the validation with the views), collapsed or
 failed cells, wall time, training images/s (median over epochs and cells, from history.csv) and
-parameters. Cells still running are left out.
+parameters. Cells still running are left out. Then McNemar's test, seed by seed on the same test
+tiles, of the group of highest mean validation accuracy (or ``--best GROUP``) against every other
+group (each cell's ``predictions.npz``; ``slotlib.runs.compare.paired_rows``).
 
-    .venv/bin/python benchmarks/seed_table.py outputs/head_check
+    .venv/bin/python benchmarks/seed_table.py outputs/head_check [--best scouter]
 
 Cells are grouped by their id without the seed and hash (``scouter_os32_seed1-25371c87`` ->
 ``scouter_os32``), in the order of the grid folder's ``grid.yaml`` when it is there.
@@ -28,7 +30,7 @@ def pct(values: list[float]) -> str:
     return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def main(root: str) -> None:
+def main(root: str, best: str | None = None) -> None:
     groups: dict[str, list[dict]] = {}
     for cell in sorted(Path(root).iterdir(), key=lambda p: p.stat().st_mtime):
         path = cell / "metrics.json"
@@ -43,6 +45,7 @@ def main(root: str) -> None:
         name = re.sub(r"_?seed\d+$", "", cell.name.rsplit("-", 1)[0]) or "base"
         seed = re.search(r"seed(\d+)", cell.name)
         metrics["seed"] = int(seed.group(1)) if seed else None
+        metrics["cell"] = cell.name
         groups.setdefault(name, []).append(metrics)
     tta = any("test_acc_plain" in m for cells in groups.values() for m in cells)
     extra = " test acc, plain (%) | val acc, tta (%) |" if tta else ""
@@ -67,9 +70,35 @@ def main(root: str) -> None:
         print(f"| {name} | {seeds} | {pct(val)} | {test} | {collapsed} / {failed} | "
               f"{statistics.median(walls):.1f} | {speed} | {n_params:,} |" if walls and n_params else
               f"| {name} | {seeds} | {pct(val)} | {test} | {collapsed} / {failed} | – | {speed} | – |")
+    paired(root, groups, best)
+
+
+def paired(root: str, groups: dict[str, list[dict]], best: str | None) -> None:
+    import pandas as pd
+
+    from slotlib.runs.compare import paired_rows
+
+    table = pd.DataFrame([{"cell": m["cell"], "status": m.get("status"), "best_val_acc": m.get("best_val_acc"),
+                           "seed": m["seed"]} for cells in groups.values() for m in cells])
+    pairs = paired_rows(root, table, best) if len(table) else pd.DataFrame()
+    if pairs.empty:
+        return
+    print("\n| best | against | seed | best test (%) | its test (%) | best right only | it right only | test | p |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in pairs.to_dict("records"):
+        if "p" not in r or pd.isna(r.get("p")):
+            print(f"| {r['best']} | {r['against']} | {r['seed']} | – | – | – | – | {r['test']} | – |")
+            continue
+        print(f"| {r['best']} | {r['against']} | {r['seed']} | {100 * r['best test acc']:.2f} | "
+              f"{100 * r['its test acc']:.2f} | {int(r['best right only'])} | {int(r['it right only'])} | "
+              f"{r['test']} | {r['p']:.3g} |")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    best = None
+    if len(args) == 3 and args[1] == "--best":
+        args, best = args[:1], args[2]
+    if len(args) != 1:
         sys.exit(__doc__)
-    main(sys.argv[1])
+    main(args[0], best)

@@ -73,11 +73,17 @@ def configuration(cell: str) -> str:
     return re.sub(r"_?seed\d+$", "", cell.rsplit("-", 1)[0]) or "base"
 
 
+def seed_of(cell: str) -> int | None:
+    """The seed a cell folder's name ends with (``scouter_seed1-25371c87`` -> 1), None without one."""
+    found = re.search(r"seed(\d+)(?:-[0-9a-f]+)?$", cell)
+    return int(found.group(1)) if found else None
+
+
 def paired_rows(runs_dir: str | os.PathLike, table: pd.DataFrame, best: str | None = None) -> pd.DataFrame:
     """McNemar's test of the best configuration against every other one, seed by seed on the same test tiles.
 
-    ``table`` holds one row per cell with ``cell``, ``status``, ``best_val_acc`` and ``seed`` (the grid
-    report's table). The best configuration is ``best``, else the one of highest mean validation accuracy
+    ``table`` holds one row per cell with ``cell``, ``status`` and ``best_val_acc`` (the grid report's
+    table); configuration and seed come from the cell's name. The best configuration is ``best``, else the one of highest mean validation accuracy
     (the test set never chooses). A seed is compared where both configurations finished it and both wrote
     ``predictions.npz``; a pair that cannot be compared is a row saying why."""
     done = table[table["status"] == "done"].assign(config=lambda t: t["cell"].map(configuration))
@@ -85,8 +91,7 @@ def paired_rows(runs_dir: str | os.PathLike, table: pd.DataFrame, best: str | No
         return pd.DataFrame()
     means = done.groupby("config", sort=False)["best_val_acc"].mean().sort_values(ascending=False)
     best = best if best in means.index else means.index[0]
-    seed_of = (lambda row: row["seed"]) if "seed" in done.columns else (lambda row: None)
-    cells = {(row["config"], seed_of(row)): row["cell"] for _, row in done.iterrows()}
+    cells = {(row["config"], seed_of(row["cell"])): row["cell"] for _, row in done.iterrows()}
     rows = []
     for other in means.index.drop(best):
         for (config, seed), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
