@@ -200,7 +200,8 @@ def test_a_parameter_added_later_keeps_old_ids_at_its_neutral_value():
     neutral = {name: f.metadata["unhashed_at"] for name, (_, f) in FIELDS.items()
                if f.metadata["unhashed_at"] is not HASHED}
     assert neutral == {"crop_scale": 0.08, "dihedral": False, "eval_size": None, "heatmap_tiles": 2,
-                       "stage2_batchnorm": "train", "tta": "none", "scouter_logit_scale": 1.0}
+                       "stage2_batchnorm": "train", "tta": "none", "scouter_logit_scale": 1.0,
+                       "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "ema_decay": None}
     base = Config.from_params({"scouter_logit_scale": 1.0, "stage2_batchnorm": "train"})
     assert {k: base.to_params()[k] for k in neutral} == neutral   # the defaults are neutral, but for
     assert Config.from_params({}).head_params.scouter_logit_scale == 4.0        # the SCOUTER scale and the

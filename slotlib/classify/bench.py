@@ -162,7 +162,7 @@ def run_pipeline(pipeline: str, config: Config, ds, splits, *, steps: int, warmu
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     batches = forever(loader)
-    objective = Objective.of(config, device)
+    objective = Objective.of(config, device, model.num_classes)   # the step training runs, Mixup included
     scaler = torch.amp.GradScaler(device.type) if objective.amp_dtype is torch.float16 else None
 
     def run(n: int) -> torch.Tensor:

@@ -50,7 +50,7 @@ class Experiment:
     @property
     def objective(self) -> Objective:
         """How this run's batches go through the model and are scored (slotlib.classify.steps.Objective)."""
-        return Objective.of(self.config, self.device)
+        return Objective.of(self.config, self.device, len(self.data.classes))
 
     def evaluate(self, split: str, step_model: Any = None, tta: str = "none") -> dict[str, Any]:
         """:func:`slotlib.classify.steps.evaluate` of the run's model on one of its splits (``step_model``: a

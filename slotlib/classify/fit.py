@@ -166,6 +166,14 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         first = state.epoch + 1
+    ema = None
+    if cfg.train.ema_decay is not None:   # the stage's moving average starts from the stage's first weights
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(exp.model, decay=cfg.train.ema_decay)
+        if resume is not None and resume.get("ema") is not None:
+            ema.module.load_state_dict(resume["ema"])
+    judged = exp.model if ema is None else ema.module   # what validation, best.pt and so the test see
     epochs = tqdm(range(first, plan.epochs + 1), desc=plan.name, initial=first - 1, total=plan.epochs,
                   disable=not exp.progress, unit="epoch")
     for epoch in epochs:
@@ -175,8 +183,9 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         train_mode(exp.model, plan.freeze_backbone, cfg.train.stage2_batchnorm)
         lr = optimizer.param_groups[0]["lr"]
         result = train_one_epoch(step_model, exp.loaders["train"], optimizer, exp.objective, plan, epoch,
-                                 grad_clip=cfg.train.grad_clip, scaler=scaler, progress=exp.progress)
-        val = exp.evaluate("val", step_model)
+                                 grad_clip=cfg.train.grad_clip, scaler=scaler, progress=exp.progress,
+                                 after_step=None if ema is None else lambda: ema.update(exp.model))
+        val = exp.evaluate("val", step_model) if ema is None else exp.evaluate("val", ema.module)
         scheduler.step()
         state.history.append({"stage": plan.index, "epoch": epoch, "train_loss": result.loss,
                               "train_acc": result.acc, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
@@ -192,7 +201,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         state.train_images += result.images
         if val["acc"] > state.best_val_acc:
             state.best_val_acc, state.best_stage, state.best_epoch = val["acc"], plan.index, epoch
-            save_torch_atomic(exp.model.state_dict(), out / BEST_NEXT)   # best.pt once last.pt knows it
+            save_torch_atomic(judged.state_dict(), out / BEST_NEXT)   # best.pt once last.pt knows it
         if plan.index == 1:
             state.stage1_best_val_acc = max(state.stage1_best_val_acc or 0.0, val["acc"])
         write_history(out / "history.csv", state.history)
@@ -200,7 +209,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
                            "split_fingerprint": exp.split_fingerprint, "model": exp.model.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "scaler": scaler.state_dict() if scaler is not None else None,
-                           "state": state.__dict__,
+                           "ema": ema.module.state_dict() if ema is not None else None, "state": state.__dict__,
                            "wall_seconds": wall_before + time.perf_counter() - wall_start}, out / "last.pt")
         settle_best(out, state)
         on_epoch()

@@ -38,7 +38,8 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, attn: torch.
                         label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy plus the weighted terms of ``head.loss_terms(attn)``.
 
-    ``logits [B,K]``, ``target [B]``, ``attn [B,S,N]``; ``head`` a :class:`slotlib.heads.Head`.
+    ``logits [B,K]``, ``target [B]`` (class indices, or ``[B,K]`` class probabilities: Mixup's soft
+    targets), ``attn [B,S,N]``; ``head`` a :class:`slotlib.heads.Head`.
     Returns the total and its parts (detached, unweighted) for logging.
     """
     ce = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)

@@ -82,10 +82,18 @@ class Objective:
     device: torch.device
     amp_dtype: torch.dtype | None = None    # autocast dtype, None: fp32
     label_smoothing: float = 0.0
+    mixup: Callable | None = None           # timm Mixup: (images, target) -> (mixed images, soft target), training only
 
     @classmethod
-    def of(cls, config: Config, device: torch.device) -> "Objective":
-        return cls(device, autocast_dtype(config.train.precision, device), config.train.label_smoothing)
+    def of(cls, config: Config, device: torch.device, num_classes: int | None = None) -> "Objective":
+        t = config.train
+        mixup = None
+        if (t.mixup_alpha or t.cutmix_alpha) and num_classes:
+            from timm.data import Mixup   # label smoothing moves into its soft targets
+
+            mixup = Mixup(mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, label_smoothing=t.label_smoothing,
+                          num_classes=num_classes)
+        return cls(device, autocast_dtype(t.precision, device), t.label_smoothing, mixup)
 
     def forward(self, model: Callable, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images on the device (a no-op for the fast pipeline), channels_last where the model is, through
@@ -102,6 +110,18 @@ class Objective:
         target = target.to(self.device, non_blocking=True)
         logits, attn = self.forward(model, images)                      # [B,K], [B,S,N]
         loss, _ = classification_loss(logits, target, attn, model.head, self.label_smoothing)
+        return target, logits, loss, attn
+
+    def train_batch(self, model: Callable, images: torch.Tensor, target: torch.Tensor):
+        """As a call, with Mixup/CutMix on the batch first when ``mixup`` is set (timm's needs an even batch:
+        an odd one trains unmixed). The target returned stays the hard one, for the training accuracy."""
+        if self.mixup is None or images.shape[0] % 2:
+            return self(model, images, target)
+        images = images.to(self.device, non_blocking=True).clone()   # timm mixes in place: never a cached batch
+        target = target.to(self.device, non_blocking=True)
+        images, soft = self.mixup(images, target)                    # soft [B,K], label smoothing included
+        logits, attn = self.forward(model, images)
+        loss, _ = classification_loss(logits, soft, attn, model.head)
         return target, logits, loss, attn
 
 
@@ -121,7 +141,7 @@ def train_step(model: Callable, images: torch.Tensor, target: torch.Tensor, opti
                objective: Objective, *, grad_clip: float | None = None,
                scaler: torch.amp.GradScaler | None = None) -> Step:
     """Forward, backward, clip, optimiser step. No host sync (the training loop and the benchmark share it)."""
-    target, logits, loss, attn = objective(model, images, target)
+    target, logits, loss, attn = objective.train_batch(model, images, target)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -165,7 +185,9 @@ SYNC_EVERY = 25
 
 def train_one_epoch(model: Callable, batches: Iterable, optimizer: torch.optim.Optimizer, objective: Objective,
                     plan: StagePlan, epoch: int, *, grad_clip: float | None = None,
-                    scaler: torch.amp.GradScaler | None = None, progress: bool = True) -> EpochResult:
+                    scaler: torch.amp.GradScaler | None = None, progress: bool = True,
+                    after_step: Callable[[], Any] | None = None) -> EpochResult:
+    """One pass over ``batches``; ``after_step`` runs after each optimiser step (the weights' moving average)."""
     device = objective.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -181,6 +203,8 @@ def train_one_epoch(model: Callable, batches: Iterable, optimizer: torch.optim.O
     start = time.perf_counter()
     for batch, (images, target) in enumerate(bar, 1):
         step = train_step(model, images, target, optimizer, objective, grad_clip=grad_clip, scaler=scaler)
+        if after_step is not None:
+            after_step()
         new_bad = (first_bad == 0) & ~step.finite
         first_bad = torch.where(new_bad, batch, first_bad)
         bad_loss = torch.where(new_bad, step.loss.float(), bad_loss)
