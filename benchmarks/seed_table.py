@@ -89,8 +89,8 @@ def paired(root: str, groups: dict[str, list[dict]], best: str | None) -> None:
         if "p" not in r or pd.isna(r.get("p")):
             print(f"| {r['best']} | {r['against']} | {r['seed']} | – | – | – | – | {r['test']} | – |")
             continue
-        print(f"| {r['best']} | {r['against']} | {r['seed']} | {100 * r['best test acc']:.2f} | "
-              f"{100 * r['its test acc']:.2f} | {int(r['best right only'])} | {int(r['it right only'])} | "
+        print(f"| {r['best']} | {r['against']} | {r['seed']} | {100 * r['best test accuracy']:.2f} | "
+              f"{100 * r['its test accuracy']:.2f} | {int(r['best right only'])} | {int(r['it right only'])} | "
               f"{r['test']} | {r['p']:.3g} |")
 
 

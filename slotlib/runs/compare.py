@@ -103,7 +103,8 @@ def paired_rows(runs_dir: str | os.PathLike, table: pd.DataFrame, best: str | No
             except ConfigError as err:
                 rows.append({**row, "test": f"not compared: {err}"})
                 continue
-            rows.append({**row, "best test acc": r["acc_a"], "its test acc": r["acc_b"], "best right only": r["a_only"],
+            rows.append({**row, "best test accuracy": r["acc_a"], "its test accuracy": r["acc_b"],
+                         "best right only": r["a_only"],
                          "it right only": r["b_only"], "test": r["test"], "p": r["p"]})
     return pd.DataFrame(rows)
 
