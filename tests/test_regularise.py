@@ -1,5 +1,6 @@
 """Mixup/CutMix (timm ``Mixup``) mixes training batches only; the weights' moving average (timm
-``ModelEmaV3``) is what validation judges, what best.pt keeps and what a resumed run restores."""
+``ModelEmaV3``) is what validation judges, what best.pt keeps and what a resumed run restores (the
+resume itself: tests/test_train.py, test_resume_after_sigkill_matches_an_uninterrupted_run)."""
 
 import csv
 
@@ -7,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from timm.data import Mixup
 
 from slotlib.classify import fit as training
@@ -100,37 +100,3 @@ def test_the_moving_average_is_judged_and_kept(tiny_root, isolated_cache, tmp_pa
     assert all(torch.equal(saved[k], v) for k, v in judged[best].items())
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert all(torch.equal(last["ema"][k], v) for k, v in judged[-1].items())   # a resumed run restores it
-
-
-@pytest.mark.slow
-def test_resume_with_the_moving_average_and_mixup_matches(tiny_root, isolated_cache, tmp_path):
-    """Killed in stage 2 and resumed, a run with ema_decay and Mixup/CutMix ends as the uninterrupted one."""
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    params = {"data_root": str(tiny_root), "image_size": 64, "batch_size": 16, "pretrained": False, "hidden_dim": 32,
-              "slot_iters": 2, "stage1_epochs": 1, "stage2_epochs": 3, "device": "cpu", "ema_decay": 0.9,
-              "mixup_alpha": 0.2, "cutmix_alpha": 1.0}
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"base": params}))
-    reference = training.train(Config.from_params(params), tmp_path / "reference", progress=False)
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "slotlib.cli", "train", str(tmp_path / "p.yaml"), "--out", str(out), "--no-progress"]
-    env = {**os.environ, "SLOTLIB_CACHE": str(isolated_cache)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "history.csv").exists() and len((out / "history.csv").read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("best_val_acc", "best_stage", "best_epoch", "test_acc", "test_loss"):
-        assert metrics[key] == reference[key], key

@@ -210,8 +210,10 @@ def test_missing_data_is_a_clear_error(tmp_path, isolated_cache, monkeypatch):
         training.train(Config.from_params(tiny(tmp_path / "empty")), tmp_path / "run", progress=False)
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_root, isolated_cache, tmp_path):
-    params = tiny(tiny_root, stage1_epochs=2, stage2_epochs=4)
+@pytest.mark.parametrize("extra", [{}, pytest.param({"ema_decay": 0.9, "mixup_alpha": 0.2, "cutmix_alpha": 1.0},
+                                                    marks=pytest.mark.slow, id="ema-mixup")])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_root, isolated_cache, tmp_path, extra):
+    params = tiny(tiny_root, stage1_epochs=2, stage2_epochs=4, **extra)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({"base": params}))
     reference = training.train(Config.from_params(params), tmp_path / "reference", progress=False)
 
