@@ -210,8 +210,16 @@ def test_missing_data_is_a_clear_error(tmp_path, isolated_cache, monkeypatch):
         training.train(Config.from_params(tiny(tmp_path / "empty")), tmp_path / "run", progress=False)
 
 
-@pytest.mark.parametrize("extra", [{}, pytest.param({"ema_decay": 0.9, "mixup_alpha": 0.2, "cutmix_alpha": 1.0},
-                                                    marks=pytest.mark.slow, id="ema-mixup")])
+KNOWN_EMA_MIXUP = ("known defect (2026-12-03, unexplained): with ema_decay and Mixup/CutMix together, the run in a "
+                   "fresh process departs from the in-process one at stage 2, epoch 1; each alone repeats exactly")
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    pytest.param({"ema_decay": 0.9}, marks=pytest.mark.slow, id="ema"),
+    pytest.param({"mixup_alpha": 0.2, "cutmix_alpha": 1.0}, marks=pytest.mark.slow, id="mixup"),
+    pytest.param({"ema_decay": 0.9, "mixup_alpha": 0.2, "cutmix_alpha": 1.0}, id="ema-mixup",
+                 marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, reason=KNOWN_EMA_MIXUP)])])
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_root, isolated_cache, tmp_path, extra):
     params = tiny(tiny_root, stage1_epochs=2, stage2_epochs=4, **extra)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({"base": params}))
