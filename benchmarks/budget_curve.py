@@ -15,8 +15,15 @@ import argparse
 import statistics
 
 from slotlib.runs import report
-from slotlib.runs.compare import configuration, train_minutes
+from slotlib.runs.compare import train_minutes
+from slotlib.runs.folder import config_of
 from slotlib.runs.report_figures import plot_budget_curve
+
+
+def spread(values, scale: float = 1.0, digits: int = 2) -> str:
+    values = [scale * float(v) for v in values]
+    mean = f"{statistics.mean(values):.{digits}f}"
+    return mean if len(values) < 2 else f"{mean} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:
@@ -28,14 +35,10 @@ def main() -> None:
     args = parser.parse_args()
     marks = dict(m.split("=", 1) for m in args.mark)
     table = report.collect(args.runs_dir)
-    done = table[table["status"] == "done"].assign(minutes=train_minutes, config=lambda t: t["cell"].map(configuration))
+    done = table[table["status"] == "done"].assign(minutes=train_minutes, config=lambda t: t["cell"].map(config_of))
     print("| setting | seeds | training minutes per seed | test acc (%) | best val acc (%) |")
     print("| --- | --- | --- | --- | --- |")
     for config, cells in done.groupby("config", sort=False):
-        def spread(values, scale=1.0, digits=2):
-            values = [scale * float(v) for v in values]
-            mean = f"{statistics.mean(values):.{digits}f}"
-            return mean if len(values) < 2 else f"{mean} ± {statistics.stdev(values):.{digits}f}"
         label = f" ({marks[config]})" if config in marks else ""
         print(f"| {config}{label} | {len(cells)} | {spread(cells['minutes'], digits=1)} | "
               f"{spread(cells['test_acc'], 100)} | {spread(cells['best_val_acc'], 100)} |")

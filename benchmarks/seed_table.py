@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
+
+from slotlib.runs.folder import config_of, seed_of
 
 
 def pct(values: list[float]) -> str:
@@ -42,9 +43,8 @@ def main(root: str, best: str | None = None) -> None:
         with open(cell / "history.csv") as f:
             metrics["images_per_second"] = statistics.median(
                 float(row["images_per_second"]) for row in csv.DictReader(f))
-        name = re.sub(r"_?seed\d+$", "", cell.name.rsplit("-", 1)[0]) or "base"
-        seed = re.search(r"seed(\d+)", cell.name)
-        metrics["seed"] = int(seed.group(1)) if seed else None
+        name = config_of(cell.name)
+        metrics["seed"] = seed_of(cell.name)
         metrics["cell"] = cell.name
         groups.setdefault(name, []).append(metrics)
     tta = any("test_acc_plain" in m for cells in groups.values() for m in cells)
@@ -78,8 +78,8 @@ def paired(root: str, groups: dict[str, list[dict]], best: str | None) -> None:
 
     from slotlib.runs.compare import paired_rows
 
-    table = pd.DataFrame([{"cell": m["cell"], "status": m.get("status"), "best_val_acc": m.get("best_val_acc"),
-                           "seed": m["seed"]} for cells in groups.values() for m in cells])
+    table = pd.DataFrame([{"cell": m["cell"], "status": m.get("status"), "best_val_acc": m.get("best_val_acc")}
+                          for cells in groups.values() for m in cells])
     pairs = paired_rows(root, table, best) if len(table) else pd.DataFrame()
     if pairs.empty:
         return

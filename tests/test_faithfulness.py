@@ -148,7 +148,8 @@ def test_a_near_empty_map_is_called_so_and_drawn_on_its_own_scale():
 
 def test_the_summary_groups_cells_by_their_name_less_the_seed():
     # two variants of one head (the slot head's two scores) stay apart; seeds of one variant pool
-    from slotlib.runs.explanations import config_of, summary
+    from slotlib.runs.explanations import summary
+    from slotlib.runs.folder import config_of
 
     assert config_of("slot_slot_scoreattention_it1_seed2-8114d277") == "slot_slot_scoreattention_it1"
     assert config_of("scouter_seed0") == "scouter" and config_of("my_cell") == "my_cell"

@@ -185,7 +185,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         result = train_one_epoch(step_model, exp.loaders["train"], optimizer, exp.objective, plan, epoch,
                                  grad_clip=cfg.train.grad_clip, scaler=scaler, progress=exp.progress,
                                  after_step=None if ema is None else lambda: ema.update(exp.model))
-        val = exp.evaluate("val", step_model) if ema is None else exp.evaluate("val", ema.module)
+        val = exp.evaluate("val", step_model if ema is None else ema.module)
         scheduler.step()
         state.history.append({"stage": plan.index, "epoch": epoch, "train_loss": result.loss,
                               "train_acc": result.acc, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,

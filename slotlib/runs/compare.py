@@ -12,13 +12,13 @@ statistical tests for comparing supervised classification learning algorithms", 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..config import ConfigError
+from .folder import config_of, seed_of
 
 PREDICTIONS_FILE = "predictions.npz"
 EXACT_BELOW = 25   # discordant tiles under which the exact binomial test is used
@@ -67,26 +67,15 @@ def compare_cells(a_dir: str | os.PathLike, b_dir: str | os.PathLike) -> str:
             f"{r['b_only']}. McNemar ({r['test']}): p = {r['p']:.3g}.")
 
 
-def configuration(cell: str) -> str:
-    """A cell folder's configuration: its name less seed and hash (``scouter_ep8_seed1-25371c87`` ->
-    ``scouter_ep8``; ``seed2-...`` -> ``base``)."""
-    return re.sub(r"_?seed\d+$", "", cell.rsplit("-", 1)[0]) or "base"
-
-
-def seed_of(cell: str) -> int | None:
-    """The seed a cell folder's name ends with (``scouter_seed1-25371c87`` -> 1), None without one."""
-    found = re.search(r"seed(\d+)(?:-[0-9a-f]+)?$", cell)
-    return int(found.group(1)) if found else None
-
-
 def paired_rows(runs_dir: str | os.PathLike, table: pd.DataFrame, best: str | None = None) -> pd.DataFrame:
     """McNemar's test of the best configuration against every other one, seed by seed on the same test tiles.
 
     ``table`` holds one row per cell with ``cell``, ``status`` and ``best_val_acc`` (the grid report's
-    table); configuration and seed come from the cell's name. The best configuration is ``best``, else the one of highest mean validation accuracy
-    (the test set never chooses). A seed is compared where both configurations finished it and both wrote
+    table); configuration and seed come from the cell's name (:func:`~slotlib.runs.folder.config_of`,
+    :func:`~slotlib.runs.folder.seed_of`). The best configuration is ``best``, else the one of highest mean
+    validation accuracy (the test set never chooses). A seed is compared where both configurations finished it and both wrote
     ``predictions.npz``; a pair that cannot be compared is a row saying why."""
-    done = table[table["status"] == "done"].assign(config=lambda t: t["cell"].map(configuration))
+    done = table[table["status"] == "done"].assign(config=lambda t: t["cell"].map(config_of))
     if done.empty or done["config"].nunique() < 2:
         return pd.DataFrame()
     means = done.groupby("config", sort=False)["best_val_acc"].mean().sort_values(ascending=False)
@@ -94,18 +83,16 @@ def paired_rows(runs_dir: str | os.PathLike, table: pd.DataFrame, best: str | No
     cells = {(row["config"], seed_of(row["cell"])): row["cell"] for _, row in done.iterrows()}
     rows = []
     for other in means.index.drop(best):
-        for (config, seed), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
-            if config != other or (best, seed) not in cells:
-                continue
+        for seed in sorted((s for c, s in cells if c == other and (best, s) in cells), key=str):
             row = {"best": best, "against": other, "seed": seed}
             try:
-                r = mcnemar(read_predictions(Path(runs_dir) / cells[(best, seed)]), read_predictions(Path(runs_dir) / cell))
+                r = mcnemar(read_predictions(Path(runs_dir) / cells[(best, seed)]),
+                            read_predictions(Path(runs_dir) / cells[(other, seed)]))
             except ConfigError as err:
                 rows.append({**row, "test": f"not compared: {err}"})
                 continue
             rows.append({**row, "best test accuracy": r["acc_a"], "its test accuracy": r["acc_b"],
-                         "best right only": r["a_only"],
-                         "it right only": r["b_only"], "test": r["test"], "p": r["p"]})
+                         "best right only": r["a_only"], "it right only": r["b_only"], "test": r["test"], "p": r["p"]})
     return pd.DataFrame(rows)
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .folder import config_of
 
 METHODS = ("head", "evidence", "gradcam", "random", "centre")
 # name -> (better direction, one line for tables)
@@ -87,12 +88,6 @@ def read_figures(cell_dir: str | os.PathLike) -> dict | None:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError):
         return None
-
-
-def config_of(cell_name: str) -> str:
-    """A grid cell's name less its seed and id (``slot_seed2-8114d277`` -> ``slot``): the cells of one
-    configuration over seeds."""
-    return re.sub(r"_seed\d+(-[0-9a-f]{8})?$", "", cell_name)
 
 
 def summary(results: dict[str, dict]) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     except (RuntimeError, EOFError, OSError, ValueError) as err:   # truncated or not a torch file
         raise _damaged(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}",
                        "delete it (last.pt: the cell starts over; best.pt: retrain the cell)") from None
+
+
+def config_of(cell: str) -> str:
+    """A cell folder's name less its seed and id, the cells of one configuration over seeds:
+    ``scouter_ep28_seed1-25371c87`` -> ``scouter_ep28``; ``seed2-8114d277`` -> ``base``; ``my_cell`` stays."""
+    return re.sub(r"_?seed\d+$", "", re.sub(r"-[0-9a-f]+$", "", cell)) or "base"
+
+
+def seed_of(cell: str) -> int | None:
+    """The seed a cell folder's name ends with (``scouter_seed1-25371c87`` -> 1), None without one."""
+    found = re.search(r"seed(\d+)(?:-[0-9a-f]+)?$", cell)
+    return int(found.group(1)) if found else None
 
 
 def cell_dirs(out_root: str | os.PathLike) -> list[Path]:

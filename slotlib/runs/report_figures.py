@@ -88,10 +88,11 @@ def plot_budget_curve(table: pd.DataFrame, marks: dict[str, str] | None = None, 
     ``target`` (a fraction) draws a dashed line."""
     import matplotlib.pyplot as plt
 
-    from .compare import configuration, train_minutes
+    from .compare import train_minutes
+    from .folder import config_of
 
     done = table[table["status"] == "done"].assign(minutes=train_minutes, test_pct=lambda t: 100 * t["test_acc"].astype(float),
-                                                   config=lambda t: t["cell"].map(configuration))
+                                                   config=lambda t: t["cell"].map(config_of))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for config, cells in done.groupby("config", sort=False):
         points = ax.scatter(cells["minutes"], cells["test_pct"], s=28, label=config, zorder=3)
