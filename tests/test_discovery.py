@@ -221,6 +221,34 @@ def test_few_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
     assert again.metrics == json.loads((tmp_path / "metrics.json").read_text())
 
 
+def test_mean_colour_is_in_the_input_range():
+    images = np.zeros((5, 4, 4, 3), np.uint8)
+    images[:, :, :, 1] = 255
+    images[:2, :2, :, 2] = 255                                          # 2 of 5 scenes, half their rows
+    mean = discovery.mean_colour(images, chunk=2)                       # chunks of 2, 2, 1 scenes
+    assert torch.allclose(mean, torch.tensor([-1.0, 1.0, 2 * 0.2 - 1]))   # 2 of 5 scenes x half their pixels
+
+
+def test_paintings_start_at_the_training_scenes_mean_colour(tmp_path, monkeypatch):
+    """With a black background the decoder's RGB bias starts near -1 (the mean), not at 0 (mid-grey)."""
+    started = []
+    start = SlotAutoEncoder.start_colour
+    monkeypatch.setattr(SlotAutoEncoder, "start_colour", lambda self, mean: (started.append(mean), start(self, mean)))
+    cfg = tiny_config(background="black", steps=1, eval_every=0)
+    splits = discovery.make_splits(cfg)
+    discovery.fit(cfg, tmp_path / "mean", splits=splits, progress=False)
+    assert len(started) == 1 and torch.allclose(started[0], discovery.mean_colour(splits.train.images))
+    assert (started[0] < -0.5).all()                                    # mostly black scenes
+    discovery.fit(tiny_config(background="black", steps=1, eval_every=0, dec_colour_init="zero"), tmp_path / "zero",
+                  splits=splits, progress=False)
+    assert len(started) == 1                                            # the paper's start: left at zero
+
+    model = SlotAutoEncoder(32, **TINY)
+    alpha_bias = model.decoder.net[-1].bias[3].item()
+    model.start_colour(torch.tensor([-0.8, 0.1, 0.5]))
+    assert torch.allclose(model.decoder.net[-1].bias, torch.tensor([-0.8, 0.1, 0.5, alpha_bias]))
+
+
 # --------------------------------------------------------------------------- parameters
 
 def test_config_rejects_bad_values_in_one_sentence():
@@ -232,8 +260,13 @@ def test_config_rejects_bad_values_in_one_sentence():
         DiscoveryConfig.from_params({"dec_broadcast": 6})
     with pytest.raises(ConfigError, match=r"^parameter 'eval_masks' must be 'alpha' or 'posterior'.*got 'soft'$"):
         DiscoveryConfig.from_params({"eval_masks": "soft"})
+    with pytest.raises(ConfigError, match=r"^parameter 'dec_colour_init' must be 'mean' or 'zero'.*got 'grey'$"):
+        DiscoveryConfig.from_params({"dec_colour_init": "grey"})
     assert DiscoveryConfig.from_params({"num_threads": 2}).digest() == DiscoveryConfig().digest()
     assert DiscoveryConfig.from_params({"num_slots": 7}).digest() != DiscoveryConfig().digest()
+    # the paper's start ('zero') computes what was computed before the parameter existed: the old cell id
+    old = yaml.safe_load((Path(__file__).parents[1] / "params" / "object_discovery.yaml").read_text())["base"]
+    assert DiscoveryConfig.from_params({**old, "dec_colour_init": "zero"}).digest() == "9b4bbbde"
 
 
 def test_params_file_names_its_notebook():

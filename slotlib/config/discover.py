@@ -25,8 +25,8 @@ class DiscoveryConfig:
 
     # scenes (slotlib.data.scenes)
     image_size: int = param(32, "scene size in pixels: 32 or 64")
-    background: str = param("grey", "'grey' (slightly noisy grey), 'black' (plain; shows the collapse to the "
-                            "background) or 'colour' (one random colour per scene, Multi-dSprites' coloured variant)")
+    background: str = param("grey", "'grey' (slightly noisy grey), 'black' (plain; with dec_colour_init 'zero' "
+                            "the slots take stripes) or 'colour' (one random colour per scene, Multi-dSprites' coloured variant)")
     scenes: str = param("shapes", "'shapes' (square, circle, triangle, upright) or 'dsprites' (Multi-dSprites-style: "
                         "dSprites' square, ellipse and heart at a random scale, rotation, position and colour)",
                         unhashed_at="shapes")
@@ -53,6 +53,9 @@ class DiscoveryConfig:
     enc_kernel: int = param(5, "kernel size of the encoder convs (odd); small keeps tokens close to their pixel colour")
     dec_channels: int = param(16, "channels of the spatial-broadcast decoder")
     dec_broadcast: int = param(8, "grid the decoder broadcasts each slot on; stride-2 transposed convs reach the image size")
+    dec_colour_init: str = param("mean", "where each slot's painted colour starts: 'mean' (the training scenes' mean colour, "
+                                 "so a black background is not learnt first) or 'zero' (the paper's: mid-grey)",
+                                 unhashed_at="zero")
     # training
     batch_size: int = param(32, "scenes per optimiser step")
     steps: int = param(5500, "optimiser steps")
@@ -84,6 +87,7 @@ class DiscoveryConfig:
         sides = [self.image_size >> k for k in range(6) if self.image_size >> k >= 4]
         require(self.dec_broadcast in sides, "dec_broadcast", self.dec_broadcast,
                  f"the image size divided by a power of two, one of {', '.join(map(str, sides))}")
+        require(self.dec_colour_init in ("mean", "zero"), "dec_colour_init", self.dec_colour_init, "'mean' or 'zero'")
         require(self.lr > 0, "lr", self.lr, "a number > 0")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "null or a number > 0")
         require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None, "device", self.device,

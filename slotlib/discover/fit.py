@@ -59,6 +59,13 @@ HISTORY_COLUMNS = ("step", "train_mse", "lr", "seconds", "steps_per_second", "va
                    "val_fg_ari_posterior", "val_mse")
 
 
+def mean_colour(images: np.ndarray, chunk: int = 2000) -> torch.Tensor:
+    """The mean colour [3] of uint8 images [N,H,W,3], in the model's input range [-1,1] (to_input's)."""
+    total = sum(images[i:i + chunk].astype(np.float64).sum((0, 1, 2)) for i in range(0, len(images), chunk))
+    mean = total / (len(images) * images.shape[1] * images.shape[2])  # [3] in 0..255
+    return torch.as_tensor(mean / 127.5 - 1.0, dtype=torch.float32)
+
+
 LOG_EVERY = 50   # steps per history row (the loss curve); validation columns only on evaluation steps
 
 
@@ -106,6 +113,8 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
         model.load_state_dict(load_checkpoint(out / "model.pt"))
         return DiscoveryRun(cfg, out, model, splits, done)
 
+    if cfg.dec_colour_init == "mean":
+        model.start_colour(mean_colour(splits.train.images))
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     order = torch.Generator().manual_seed(cfg.seed)                     # batch order: its own generator

@@ -160,6 +160,17 @@ class SlotAutoEncoder(nn.Module):
                    cfg.enc_stride, cfg.dec_channels, cfg.dec_broadcast, cfg.enc_kernel, cfg.slot_init, cfg.bilevel,
                    cfg.eval_iters)
 
+    @torch.no_grad()
+    def start_colour(self, mean: torch.Tensor) -> None:
+        """Start every slot's painting at ``mean`` [3] (the training images' mean colour, in [-1,1]).
+
+        The decoder's last conv gives RGB + alpha; its RGB bias is where every painting starts. At zero
+        (mid-grey) a black background costs a large error everywhere at first, and the slots settle
+        into stripes of the image painting grey blobs before they learn any object's colour
+        (docs/results.md, "Object discovery", black backgrounds); starting at the mean avoids that.
+        """
+        self.decoder.net[-1].bias[:3] = mean.to(self.decoder.net[-1].bias)
+
     def forward(self, image: torch.Tensor) -> Output:
         """In eval mode slot attention runs ``eval_iters`` iterations (when set), in train mode ``slot_iters``."""
         tokens = self.encoder(image)                                    # [B,N,D]
