@@ -45,13 +45,14 @@ def main() -> None:
     elif variant in ("mean_shift", "mean_replicate"):
         params["dec_colour_init"] = "mean"
     cfg = DiscoveryConfig.from_params(params)
+    splits = discovery.make_splits(cfg)                                 # once: the probe and fit share them
     build = SlotAutoEncoder.from_config.__func__
 
     def probe(cls, c):
         model = build(cls, c)
         encoder, forward = model.encoder, model.encoder.forward
         if variant == "nopos":
-            for p in model.encoder.pos.proj.parameters():
+            for p in encoder.pos.proj.parameters():
                 p.data.zero_()
                 p.requires_grad_(False)
         elif variant in ("replicate", "mean_replicate"):
@@ -61,13 +62,12 @@ def main() -> None:
         elif variant == "shift":
             encoder.forward = lambda image: forward(image + 1.0)
         elif variant == "mean_shift":
-            splits = discovery.make_splits(c)
             mean = discovery.mean_colour(splits.train.images).view(1, 3, 1, 1)
             encoder.forward = lambda image: forward(image - mean.to(image))
         return model
 
     SlotAutoEncoder.from_config = classmethod(probe)
-    discovery.fit(cfg, out, progress=False, echo=print)
+    discovery.fit(cfg, out, splits=splits, progress=False, echo=print)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,20 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import yaml
 from scipy.stats import wilcoxon
 
 from slotlib.config import DiscoveryConfig
 from slotlib.discover.fit import make_splits
 from slotlib.discover.metrics import evaluate
 from slotlib.discover.model import SlotAutoEncoder
-from slotlib.runs.folder import load_checkpoint
+from slotlib.runs.folder import load_checkpoint, read_params
 
 
 def load(run: Path) -> tuple[DiscoveryConfig, SlotAutoEncoder]:
-    cfg = DiscoveryConfig.from_params(yaml.safe_load((run / "params.yaml").read_text()), where=str(run))
+    params = read_params(run)
+    if params is None:
+        raise SystemExit(f"{run} holds no params.yaml: pass a finished run folder")
+    cfg = DiscoveryConfig.from_params(params, where=str(run))
     model = SlotAutoEncoder.from_config(cfg)
     model.load_state_dict(load_checkpoint(run / "model.pt"))
     return cfg, model
