@@ -201,7 +201,7 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
         state.train_images += result.images
         if val["acc"] > state.best_val_acc:
             state.best_val_acc, state.best_stage, state.best_epoch = val["acc"], plan.index, epoch
-            save_torch_atomic(judged.state_dict(), out / BEST_NEXT)   # best.pt once last.pt knows it
+            save_torch_atomic(judged.state_dict(), best_next(out, plan.index, epoch))   # best.pt once last.pt knows it
         if plan.index == 1:
             state.stage1_best_val_acc = max(state.stage1_best_val_acc or 0.0, val["acc"])
         write_history(out / "history.csv", state.history)
@@ -220,18 +220,25 @@ def run_stage(exp: Experiment, step_model: Callable, plan: StagePlan, state: Run
                            best=f"{state.best_val_acc:.3f}")
 
 
-# A new best epoch's weights go to BEST_NEXT first and become best.pt only after last.pt records that
+# A new best epoch's weights go to best_next(...) first and become best.pt only after last.pt records that
 # epoch: a run killed in between would otherwise resume with a best.pt that last.pt does not know (a
-# stage-2 epoch's weights taken for the best stage-1 ones when stage 2 starts).
-BEST_NEXT = "best.next.pt"
+# stage-2 epoch's weights taken for the best stage-1 ones when stage 2 starts). The file names its epoch,
+# because last.pt's own epoch may be its best too (then only the name tells the two apart).
+LEGACY_BEST_NEXT = "best.next.pt"   # written, without its epoch, by runs of slotlib before 2026-12-05
+
+
+def best_next(out: Path, stage: int, epoch: int) -> Path:
+    """Where a new best epoch's weights wait until last.pt records that epoch."""
+    return out / f"best.next.stage{stage}.epoch{epoch}.pt"
 
 
 def settle_best(out: Path, state: RunState) -> None:
-    """best.next.pt becomes best.pt when ``state`` (what last.pt holds) names its epoch as the best, else it
-    is dropped: the epoch that wrote it was not finished."""
-    pending = out / BEST_NEXT
-    if pending.exists():
-        if state.best_stage and (state.best_stage, state.best_epoch) == (state.stage, state.epoch):
+    """The pending best weights become best.pt when ``state`` (what last.pt holds) names their epoch as its
+    last and its best; any other pending file is dropped: the epoch that wrote it was not finished."""
+    settled = state.best_stage and (state.best_stage, state.best_epoch) == (state.stage, state.epoch)
+    mine = best_next(out, state.stage, state.epoch) if settled else None
+    for pending in sorted(out.glob("best.next*.pt")):
+        if pending == mine or (settled and pending.name == LEGACY_BEST_NEXT and not mine.exists()):
             os.replace(pending, out / "best.pt")
         else:
             pending.unlink()
