@@ -235,13 +235,13 @@ def best_next(out: Path, stage: int, epoch: int) -> Path:
 def settle_best(out: Path, state: RunState) -> None:
     """The pending best weights become best.pt when ``state`` (what last.pt holds) names their epoch as its
     last and its best; any other pending file is dropped: the epoch that wrote it was not finished."""
-    settled = state.best_stage and (state.best_stage, state.best_epoch) == (state.stage, state.epoch)
-    mine = best_next(out, state.stage, state.epoch) if settled else None
-    for pending in sorted(out.glob("best.next*.pt")):
-        if pending == mine or (settled and pending.name == LEGACY_BEST_NEXT and not mine.exists()):
-            os.replace(pending, out / "best.pt")
-        else:
-            pending.unlink()
+    if state.best_stage and (state.best_stage, state.best_epoch) == (state.stage, state.epoch):
+        for mine in (best_next(out, state.stage, state.epoch), out / LEGACY_BEST_NEXT):
+            if mine.exists():
+                os.replace(mine, out / "best.pt")
+                break
+    for pending in out.glob("best.next*.pt"):
+        pending.unlink()
 
 
 def load_resume(exp: Experiment, metrics: dict) -> tuple[RunState, dict | None]:
