@@ -47,6 +47,7 @@ run-folder code, and import nothing of each other.
       folder.py          reading a cell folder (status, report, resume, grid)
       grid.py            params file -> cells -> one papermill run per cell
       report.py          the grid's table and HTML report
+      discovery_report.py  an object-discovery grid's report: FG-ARI, minutes, mask readouts (no torch)
       explanations.py    the explanation benchmark's files and tables (no torch)
       explanation_figures.py  its figures: head map beside Grad-CAM, mosaics (no torch)
     runtime.py         device, precision, seeds, versions; NonFiniteLossError

@@ -215,10 +215,32 @@ def test_few_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
     assert run.metrics["test_mse"] < 0.5 * before
     assert -1 <= run.metrics["val_fg_ari"] <= 1 and -1 <= run.metrics["fg_ari"] <= 1
     assert run.metrics["fg_ari"] == run.metrics["fg_ari_alpha"] and -1 <= run.metrics["fg_ari_posterior"] <= 1
-    assert {"params.yaml", "history.csv", "metrics.json", "model.pt"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"params.yaml", "history.csv", "metrics.json", "model.pt", "masks.npz"} <= {p.name for p in tmp_path.iterdir()}
     assert [r["step"] for r in run.history if not np.isnan(r["val_fg_ari"])] == [15, 30]
     again = discovery.fit(cfg, tmp_path, progress=False)  # a finished folder is loaded, not retrained
     assert again.metrics == json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_mask_samples_are_the_test_scenes_the_mean_is_made_of(tmp_path):
+    """masks.npz (what the report draws) holds the first test scenes with both readouts; each scene's
+    FG-ARI is the one in the test mean; a trained folder without it gets it again without retraining."""
+    from slotlib.runs.folder import read_mask_samples
+
+    cfg = tiny_config(steps=6, eval_every=0)
+    run = discovery.fit(cfg, tmp_path, progress=False)
+    samples = read_mask_samples(tmp_path)
+    test = discovery.make_splits(cfg).test
+    assert len(samples["images"]) == 8 and np.array_equal(samples["images"], test.images[:8])
+    assert np.array_equal(samples["true_masks"], test.masks[:8])
+    assert samples["alpha_segmentation"].shape == samples["posterior_segmentation"].shape == test.masks[:8].shape
+    assert samples["recon"].dtype == np.uint8 and samples["recon"].shape == test.images[:8].shape
+    full = discovery_evaluate(run.model, test, seed=1)["per_scene_fg_ari"]
+    assert np.allclose(samples["alpha_fg_ari"], full[:8], equal_nan=True)
+    (tmp_path / "masks.npz").unlink()
+    mtime = (tmp_path / "model.pt").stat().st_mtime_ns
+    discovery.fit(cfg, tmp_path, progress=False)
+    assert (tmp_path / "model.pt").stat().st_mtime_ns == mtime          # not retrained
+    assert np.array_equal(read_mask_samples(tmp_path)["alpha_segmentation"], samples["alpha_segmentation"])
 
 
 def test_mean_colour_is_in_the_input_range():
@@ -364,6 +386,12 @@ def test_notebook_runs_through_grid(tmp_path):
     assert images >= 8   # scenes, curves, reconstructions, 3 slot views, histogram, black comparison
     table = format_status(status_rows(tmp_path / "out"))
     assert "fg-ari" in table.splitlines()[0] and "6/6" in table
+    from slotlib.cli import main                                # the grid's report: its own page
+
+    assert main(["report", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "FG-ARI against training minutes" in page and "Alpha masks beside posterior masks" in page
+    assert page.count('src="data:image/png;base64') == 2 and "Traceback" not in page   # curve, masks
 
 
 @pytest.mark.slow

@@ -135,13 +135,77 @@ def test_compare_curves_colours_by_group_and_styles_by_seed(grid_dir):
     assert list(lines["linear_seed0"].get_ydata()) == pytest.approx([0.2, 0.4, 0.6, 0.8])
 
 
-def test_report_refuses_object_discovery_folders_in_one_sentence(tmp_path, capsys):
-    cell = tmp_path / "base-aa"
-    cell.mkdir()
-    (cell / "metrics.json").write_text(json.dumps({"status": "done", "kind": "discovery", "fg_ari": 0.8}))
-    assert main(["report", str(tmp_path)]) == 2
+def write_discovery_cell(root, cell_id, alpha, posterior, minutes, masks=True):
+    """A finished object-discovery cell as fit writes it: metrics.json, history.csv and masks.npz."""
+    folder = root / cell_id
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "status": "done", "kind": "discovery", "params": {"eval_masks": "alpha"}, "val_fg_ari": alpha - 0.01,
+        "fg_ari": alpha, "fg_ari_alpha": alpha, "fg_ari_posterior": posterior, "fg_ari_std": 0.1, "test_mse": 0.02,
+        "steps_done": 100, "train_seconds": 60.0 * minutes, "steps_per_second": 10.0, "n_params": 1000, "error": None}))
+    rows = ["step,train_mse,lr,seconds,steps_per_second,val_fg_ari,val_fg_ari_alpha,val_fg_ari_posterior,val_mse",
+            "50,0.1,0.001,30.0,10.0,,,,", f"100,0.05,0.001,{60.0 * minutes},10.0,{alpha},{alpha},{posterior},0.02"]
+    (folder / "history.csv").write_text("\n".join(rows) + "\n")
+    if masks:
+        rng = np.random.default_rng(0)
+        seg = rng.integers(0, 4, size=(3, 8, 8), dtype=np.uint8)
+        np.savez_compressed(folder / "masks.npz", images=rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8),
+                            recon=rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8), true_masks=seg,
+                            alpha_segmentation=seg, posterior_segmentation=seg, alpha_fg_ari=np.ones(3),
+                            posterior_fg_ari=np.ones(3))
+    return folder
+
+
+@pytest.fixture
+def discovery_dir(tmp_path):
+    root = tmp_path / "discovery"
+    write_discovery_cell(root, "seed0-aa", 0.80, 0.90, 10)
+    write_discovery_cell(root, "seed1-bb", 0.70, 0.85, 12, masks=False)
+    write_discovery_cell(root, "black_seed0-cc", 0.60, 0.65, 11)
+    return root
+
+
+def test_discovery_table_ranks_on_validation_and_summarises_seeds(discovery_dir):
+    from slotlib.runs import discovery_report as dr
+
+    table = dr.collect(discovery_dir)
+    summary = dr.seed_summary(table)
+    assert list(summary["setting"]) == ["base", "black"] and list(summary["seeds"]) == [2, 1]
+    assert summary.loc[0, "alpha_mean"] == pytest.approx(0.75) and summary.loc[0, "alpha_sd"] == pytest.approx(0.0707, abs=1e-4)
+    assert summary.loc[0, "train_minutes"] == pytest.approx(11)
+    assert list(dr.ranked(table)["cell"]) == ["seed0-aa", "seed1-bb", "black_seed0-cc"]
+    assert dr.first_seed_per_setting(table) == ["seed0-aa", "black_seed0-cc"]
+    assert "base</b> (2 seeds): <b>test FG-ARI 0.750 ± 0.071 with alpha masks" in dr.headline(table)
+    fig = dr.plot_fg_ari_minutes(discovery_dir, table)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3 * 3                                 # per cell: alpha, posterior and the test dot
+    assert lines[3].get_color() == lines[6].get_color() != lines[0].get_color()   # cells by name: black first
+
+
+def test_report_of_an_object_discovery_grid(discovery_dir):
+    assert main(["report", str(discovery_dir)]) == 0
+    page = (discovery_dir / "report.html").read_text()
+    assert "Object-discovery report" in page and "FG-ARI against training minutes" in page
+    assert page.count('src="data:image/png;base64') == 3       # the curve and two settings' masks
+    assert "Traceback" not in page and "<script src" not in page
+
+
+def test_a_damaged_masks_file_is_named_and_the_report_goes_on(discovery_dir):
+    from slotlib.runs.folder import DamagedRunFile, read_mask_samples
+
+    np.savez_compressed(discovery_dir / "seed0-aa" / "masks.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
+    with pytest.raises(DamagedRunFile, match="masks.npz.*no 'recon' array"):
+        read_mask_samples(discovery_dir / "seed0-aa")
+    assert main(["report", str(discovery_dir)]) == 0
+    page = (discovery_dir / "report.html").read_text()
+    assert "no &#x27;recon&#x27; array" in page or "no 'recon' array" in page
+
+
+def test_report_refuses_a_folder_mixing_discovery_and_classifier_cells(discovery_dir, capsys):
+    write_cell(discovery_dir, "scouter_seed0-dd", "scouter", 0, 0.9, 0.9)
+    assert main(["report", str(discovery_dir)]) == 2
     err = capsys.readouterr().err
-    assert "object-discovery cells" in err and "slotlib status" in err and not (tmp_path / "report.html").exists()
+    assert "object-discovery cells beside classifier cells" in err and not (discovery_dir / "report.html").exists()
 
 
 def test_grid_axes_of_a_list_of_products(tmp_path):

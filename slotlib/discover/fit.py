@@ -21,10 +21,10 @@ import yaml
 from torch import nn
 
 from ..data.scenes import Scenes, make_scenes
-from ..runs.files import save_torch_atomic, write_atomic, write_csv, write_json
-from ..runs.folder import load_checkpoint, read_history, read_metrics
+from ..runs.files import save_torch_atomic, write_atomic, write_csv, write_json, write_npz_atomic
+from ..runs.folder import MASK_SAMPLES, load_checkpoint, read_history, read_metrics
 from ..runtime import NonFiniteLossError, resolve_device
-from .metrics import evaluate, to_input
+from .metrics import evaluate, mask_samples, to_input
 from .model import SlotAutoEncoder
 
 if TYPE_CHECKING:
@@ -93,8 +93,8 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
     """Train on reconstruction MSE alone, evaluate FG-ARI on the held-out scenes, write the run folder.
 
     Writes ``params.yaml``, ``history.csv`` (every ``LOG_EVERY`` steps), ``metrics.json``
-    (atomically; ``status`` running -> done | failed; ``trained`` once the weights are final)
-    and ``model.pt``. A folder whose model is trained is loaded, not retrained. There is no
+    (atomically; ``status`` running -> done | failed; ``trained`` once the weights are final),
+    ``model.pt`` and ``masks.npz`` (test scenes with both readouts' masks, for the grid report). A folder whose model is trained is loaded, not retrained. There is no
     resume: an interrupted training starts again. With ``black_steps`` the status stays running
     until :func:`fit_black` has finished the comparison, so a grid reruns a cell cut off there.
     """
@@ -111,6 +111,8 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
     done = read_metrics(out)
     if done and done.get("trained") and done.get("digest") == cfg.digest() and (out / "model.pt").exists():
         model.load_state_dict(load_checkpoint(out / "model.pt"))
+        if not (out / MASK_SAMPLES).exists():   # folders trained before the report drew them
+            write_npz_atomic(out / MASK_SAMPLES, **mask_samples(model, splits.test))
         return DiscoveryRun(cfg, out, model, splits, done)
 
     if cfg.dec_colour_init == "mean":
@@ -185,6 +187,7 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
             bar.close()
         test = evaluate(model, splits.test, device, seed=1, masks=cfg.eval_masks)
         save_torch_atomic(model.state_dict(), out / "model.pt")
+        write_npz_atomic(out / MASK_SAMPLES, **mask_samples(model, splits.test, device=device))
         # With a black comparison to come, the cell is done only when that is (fit_black marks it).
         metrics.update(status="running" if cfg.black_steps else "done", trained=True,
                        steps_done=cfg.steps, train_seconds=round(train_seconds, 1),

@@ -113,3 +113,24 @@ def evaluate(model: SlotAutoEncoder, scenes: Scenes, device: torch.device | str 
     return {"fg_ari": float(np.nanmean(ari)), "fg_ari_std": float(np.nanstd(ari)),
             **{f"fg_ari_{kind}": float(np.nanmean(a)) for kind, a in both.items()}, "mse": mse,
             "per_scene_fg_ari": ari}
+
+
+def mask_samples(model: SlotAutoEncoder, scenes: Scenes, n: int = 8, seed: int = 1,
+                 device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """The first ``n`` scenes with their reconstruction and both readouts' segmentation: all a report draws.
+
+    Predicted as :func:`evaluate` predicts them (the first batch of 100, slot samples from ``seed``),
+    so each scene's ``<readout>_fg_ari`` is the one in the test mean. Arrays: ``images`` and ``recon``
+    uint8 [n,H,W,3], ``true_masks`` [n,H,W] (0 background), ``alpha_segmentation`` and
+    ``posterior_segmentation`` [n,H,W] (the slot owning each pixel), ``alpha_fg_ari`` and
+    ``posterior_fg_ari`` [n].
+    """
+    n = min(n, len(scenes))
+    out = predict(model, scenes.images[:max(n, min(100, len(scenes)))], seed=seed, device=device)
+    arrays = {"images": scenes.images[:n], "true_masks": scenes.masks[:n].astype(np.uint8),
+              "recon": np.rint(to_image(out.recon[:n]) * 255).astype(np.uint8)}
+    for kind in MASKS:
+        masks = slot_masks(out, kind)[:n]                                 # [n,S,1,H,W]
+        arrays[f"{kind}_segmentation"] = masks[:, :, 0].argmax(1).numpy().astype(np.uint8)
+        arrays[f"{kind}_fg_ari"] = fg_ari(scenes.masks[:n], masks)
+    return arrays

@@ -4,4 +4,5 @@
     folder.py  reading a cell folder (status, report, resume and the grid all use it)
     grid.py    params file -> cells -> one papermill run of a notebook per cell
     report.py  the grid's table and HTML report (reads cell folders only)
+    discovery_report.py  the same for an object-discovery grid: FG-ARI, its curve, the mask readouts
 """

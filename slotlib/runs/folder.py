@@ -24,6 +24,9 @@ from ..config import ConfigError
 PARAMS, HISTORY, METRICS = "params.yaml", "history.csv", "metrics.json"
 MAPS = "maps.npz"         # per-class attention over fixed test tiles, written at the end of a run (report heatmaps)
 MAPS_KEYS = ("tiles", "labels", "preds", "probs", "maps", "mean_maps", "class_names")
+MASK_SAMPLES = "masks.npz"  # object discovery: test scenes with both readouts' segmentation (discovery report)
+MASK_KEYS = ("images", "recon", "true_masks", "alpha_segmentation", "posterior_segmentation", "alpha_fg_ari",
+             "posterior_fg_ari")
 GRID_COPY = "grid.yaml"   # in a grid's folder: the params file that made it
 STATUSES = ("running", "done", "failed")
 
@@ -131,14 +134,13 @@ def read_history_table(cell_dir: str | os.PathLike, columns: tuple[str, ...] = (
     return table
 
 
-def read_maps(cell_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """A run folder's maps.npz as plain numpy arrays (no torch), or None when the run wrote none."""
+def _load_npz(path: Path, keys: tuple[str, ...], remedy: str) -> dict[str, Any] | None:
+    """A run folder's numpy archive as plain arrays (no torch), None when absent; damaged when unreadable
+    or without one of ``keys``."""
     import zipfile
 
     import numpy as np
 
-    path = Path(cell_dir) / MAPS
-    remedy = f"delete it, then `python -m slotlib.classify.explain {Path(cell_dir)}` writes it again from best.pt"
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -147,12 +149,33 @@ def read_maps(cell_dir: str | os.PathLike) -> dict[str, Any] | None:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise _damaged(path, f"not a numpy archive: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
                        remedy) from None
-    missing = [k for k in MAPS_KEYS if k not in arrays]
+    missing = [k for k in keys if k not in arrays]
     if missing:
         raise _damaged(path, f"no {missing[0]!r} array", remedy)
+    return arrays
+
+
+def read_maps(cell_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A run folder's maps.npz as plain numpy arrays (no torch), or None when the run wrote none."""
+    path = Path(cell_dir) / MAPS
+    remedy = f"delete it, then `python -m slotlib.classify.explain {Path(cell_dir)}` writes it again from best.pt"
+    arrays = _load_npz(path, MAPS_KEYS, remedy)
+    if arrays is None:
+        return None
     m, k = len(arrays["labels"]), len(arrays["class_names"])
     if arrays["maps"].ndim != 4 or arrays["maps"].shape[:2] != (m, k) or len(arrays["tiles"]) != m:
         raise _damaged(path, f"maps of shape {arrays['maps'].shape} do not fit {m} tiles and {k} classes", remedy)
+    return arrays
+
+
+def read_mask_samples(cell_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """An object-discovery cell's masks.npz as plain numpy arrays, or None when the cell wrote none."""
+    path = Path(cell_dir) / MASK_SAMPLES
+    remedy = ("delete it; `slotlib train PARAMS.yaml --cell CELL --out FOLDER` on the same folder writes it again "
+              "from model.pt without retraining")
+    arrays = _load_npz(path, MASK_KEYS, remedy)
+    if arrays is not None and any(len(arrays[k]) != len(arrays["images"]) for k in MASK_KEYS):
+        raise _damaged(path, f"its arrays do not all hold {len(arrays['images'])} scenes", remedy)
     return arrays
 
 

@@ -21,6 +21,7 @@ from .folder import DamagedRunFile, cell_dirs, grid_copies, read_maps, read_metr
 from .grid import NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
+DISCOVERY_NOTEBOOK = NOTEBOOKS / "discovery_report.ipynb"
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -243,7 +244,8 @@ def sortable_html(table: pd.DataFrame) -> str:
 
 
 def render(runs_dir: str | os.PathLike) -> Path:
-    """Execute the analysis notebook on ``runs_dir`` and write ``runs_dir/report.html`` (code hidden)."""
+    """Execute the analysis notebook (object-discovery grids: the discovery report) on ``runs_dir`` and write
+    ``runs_dir/report.html`` (code hidden)."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -253,17 +255,21 @@ def render(runs_dir: str | os.PathLike) -> Path:
     if not runs_dir.is_dir() or not cell_dirs(runs_dir):
         raise ConfigError(f"{runs_dir} holds no cell folders (folders with params.yaml or metrics.json); run "
                           f"`slotlib grid PARAMS.yaml --out {runs_dir}` first, or name the folder a grid wrote to")
-    kinds = set()
+    kinds = set()   # of the cells that have started: a classifier's metrics.json names no kind
     for d in cell_dirs(runs_dir):
         try:
-            kinds.add((read_metrics(d) or {}).get("kind"))
+            metrics = read_metrics(d)
         except DamagedRunFile:
-            pass
-    if kinds == {"discovery"}:
-        raise ConfigError(f"{runs_dir} holds object-discovery cells, and the report covers classifier grids only; "
-                          f"use 'slotlib status {runs_dir}' and each cell's executed object_discovery.ipynb")
-    executed = runs_dir / "analysis.ipynb"
-    execute_notebook(ANALYSIS_NOTEBOOK, executed, {"runs_dir": str(runs_dir)})
+            continue
+        if metrics is not None:
+            kinds.add(metrics.get("kind", "classify"))
+    if kinds == {"discovery", "classify"}:
+        raise ConfigError(f"{runs_dir} holds object-discovery cells beside classifier cells; a report covers one "
+                          f"kind: give each its own grid folder")
+    # an object-discovery grid gets its own page (FG-ARI, the two mask readouts); a classifier grid the analysis
+    notebook = DISCOVERY_NOTEBOOK if "discovery" in kinds else ANALYSIS_NOTEBOOK
+    executed = runs_dir / notebook.name
+    execute_notebook(notebook, executed, {"runs_dir": str(runs_dir)})
     # the offline template: lab's, without the CDN scripts (require.js, MathJax) a report does not need
     exporter = HTMLExporter(template_name="slotlib_report", extra_template_basedirs=[str(TEMPLATES)],
                             exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
