@@ -94,8 +94,9 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
 
     Writes ``params.yaml``, ``history.csv`` (every ``LOG_EVERY`` steps), ``metrics.json``
     (atomically; ``status`` running -> done | failed; ``trained`` once the weights are final),
-    ``model.pt`` and ``masks.npz`` (test scenes with both readouts' masks, for the grid report). A folder whose model is trained is loaded, not retrained. There is no
-    resume: an interrupted training starts again. With ``black_steps`` the status stays running
+    ``model.pt`` and ``masks.npz`` (test scenes with both readouts' masks, for the grid report). A
+    folder whose model is trained is loaded, not retrained (and given ``masks.npz`` if it lacks it).
+    There is no resume: an interrupted training starts again. With ``black_steps`` the status stays running
     until :func:`fit_black` has finished the comparison, so a grid reruns a cell cut off there.
     """
     out = Path(out_dir)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .folder import DamagedRunFile, cell_dirs, config_of, read_history, read_metrics, seed_of
+
 RESULT_COLUMNS = ["val_fg_ari", "fg_ari", "fg_ari_alpha", "fg_ari_posterior", "fg_ari_std", "test_mse", "steps_done",
                   "train_minutes", "steps_per_second", "n_params", "black_fg_ari_alpha", "black_fg_ari_posterior"]
 READOUTS = ("alpha", "posterior")
@@ -108,7 +109,7 @@ def plot_fg_ari_minutes(runs_dir: str | os.PathLike, table: pd.DataFrame) -> Any
         for kind, style in zip(READOUTS, ("-", "--")):
             ax.plot(minutes, [r[f"val_fg_ari_{kind}"] for r in rows], style, color=colour, lw=1.2, alpha=0.85,
                     label=f"{cell['setting']} ({kind})" if cell["cell"] in labelled else None)
-        if cell["train_minutes"] is not None and np.isfinite(cell["fg_ari_alpha"] or np.nan):
+        if pd.notna(cell["train_minutes"]) and pd.notna(cell["fg_ari_alpha"]):
             ax.plot([cell["train_minutes"]], [cell["fg_ari_alpha"]], "o", color=colour, ms=5)
     ax.set(xlabel="training minutes (validation and test left out)", ylabel="FG-ARI", ylim=(0, 1),
            title="validation FG-ARI against training minutes (dots: test, alpha masks)")
