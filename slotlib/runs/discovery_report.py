@@ -77,12 +77,8 @@ def headline(table: pd.DataFrame) -> str:
     return (f"<p><b>Best setting by validation FG-ARI: {html.escape(str(top['setting']))}</b> ({int(top['seeds'])} seed"
             f"{'s' if top['seeds'] > 1 else ''}): <b>test FG-ARI {spread(top['alpha_mean'], top['alpha_sd'])} with "
             f"alpha masks</b> (the paper's readout), {spread(top['posterior_mean'], top['posterior_sd'])} with "
-            f"posterior masks; {top['train_minutes']:.1f} training minutes a seed.</p>")
-
-
-def failed(table: pd.DataFrame) -> pd.DataFrame:
-    """Failed cells and cells whose run files are damaged, with the whole error of each."""
-    return table[table["status"].isin(["failed", "damaged"])][["cell", "status", "error"]].reset_index(drop=True)
+            f"posterior masks" + (f"; {top['train_minutes']:.1f} training minutes a seed" if pd.notna(top["train_minutes"])
+                                  else "") + ".</p>")
 
 
 def first_seed_per_setting(table: pd.DataFrame) -> list[str]:
