@@ -12,7 +12,7 @@ import torch
 
 from ..data.scenes import Scenes
 from .fit import LOG_EVERY, DiscoveryRun
-from .metrics import MASKS, evaluate, fg_ari, fg_ari_by_readout, predict, slot_masks, to_image
+from .metrics import MASKS, evaluate, fg_ari, fg_ari_by_readout, mask_samples, predict, slot_masks, to_image
 
 
 def _axes_off(axes: Any) -> None:
@@ -71,29 +71,11 @@ def plot_history(run: DiscoveryRun) -> Any:
 
 
 def plot_reconstructions(run: DiscoveryRun, n: int = 8) -> Any:
-    """Held-out scenes, their reconstructions, the predicted segmentation and the true masks."""
-    import matplotlib.pyplot as plt
+    """Held-out scenes, their reconstructions, the predicted segmentation and the true masks: the grid
+    report's figure (:func:`slotlib.runs.discovery_report.plot_mask_samples`), drawn from the model."""
+    from ..runs.discovery_report import plot_mask_samples
 
-    test = run.splits.test
-    n = min(n, len(test))
-    out = predict(run.model, test.images[:n], seed=1)
-    fig, axes = plt.subplots(5, n, figsize=(1.6 * n, 8.2), squeeze=False)
-    for row, kind in enumerate(MASKS, start=2):
-        masks = slot_masks(out, kind)
-        ari, seg = fg_ari(test.masks[:n], masks), segmentation(masks)  # [n], [n,H,W]
-        for i in range(n):
-            axes[row, i].imshow(seg[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-            axes[row, i].set_title(f"FG-ARI {ari[i]:.2f}", fontsize=8)
-    for i in range(n):
-        axes[0, i].imshow(test.images[i])
-        axes[1, i].imshow(to_image(out.recon[i]))
-        axes[4, i].imshow(test.masks[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-    for ax, label in zip(axes[:, 0], ("scene", "reconstruction", "slot per pixel\n(alpha masks)",
-                                      "slot per pixel\n(posterior)", "true masks")):
-        ax.set_ylabel(label, fontsize=8)
-    _axes_off(axes)
-    fig.tight_layout()
-    return fig
+    return plot_mask_samples(mask_samples(run.model, run.splits.test, n), "held-out test scenes")
 
 
 def plot_slots(run: DiscoveryRun, scene: int = 0) -> Any:
