@@ -24,7 +24,7 @@ from ..data.scenes import Scenes, make_scenes
 from ..runs.files import save_torch_atomic, write_atomic, write_csv, write_json, write_npz_atomic
 from ..runs.folder import MASK_SAMPLES, load_checkpoint, read_history, read_metrics
 from ..runtime import NonFiniteLossError, resolve_device
-from .metrics import evaluate, mask_samples, to_input
+from .metrics import evaluate, mask_samples, sample_arrays, to_input
 from .model import SlotAutoEncoder
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
             bar.close()
         test = evaluate(model, splits.test, device, seed=1, masks=cfg.eval_masks)
         save_torch_atomic(model.state_dict(), out / "model.pt")
-        write_npz_atomic(out / MASK_SAMPLES, **mask_samples(model, splits.test, device=device))
+        write_npz_atomic(out / MASK_SAMPLES, **sample_arrays(splits.test, test["output"]))  # the same prediction
         # With a black comparison to come, the cell is done only when that is (fit_black marks it).
         metrics.update(status="running" if cfg.black_steps else "done", trained=True,
                        steps_done=cfg.steps, train_seconds=round(train_seconds, 1),

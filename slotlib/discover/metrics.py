@@ -105,14 +105,17 @@ def fg_ari_by_readout(true_masks: np.ndarray, out: Output) -> dict[str, np.ndarr
 
 def evaluate(model: SlotAutoEncoder, scenes: Scenes, device: torch.device | str = "cpu",
              seed: int = 0, masks: str = "alpha") -> dict[str, Any]:
-    """FG-ARI of the ``masks`` readout (mean, sd, per scene), the mean of both readouts, and MSE."""
+    """FG-ARI of the ``masks`` readout (mean, sd, per scene), the mean of both readouts, and MSE.
+
+    ``output`` holds the prediction itself, for :func:`sample_arrays`.
+    """
     out = predict(model, scenes.images, seed=seed, device=device)
     both = fg_ari_by_readout(scenes.masks, out)                         # [B] each
     ari = both[masks]
     mse = F.mse_loss(out.recon, to_input(scenes.images)).item()
     return {"fg_ari": float(np.nanmean(ari)), "fg_ari_std": float(np.nanstd(ari)),
             **{f"fg_ari_{kind}": float(np.nanmean(a)) for kind, a in both.items()}, "mse": mse,
-            "per_scene_fg_ari": ari}
+            "per_scene_fg_ari": ari, "output": out}
 
 
 def mask_samples(model: SlotAutoEncoder, scenes: Scenes, n: int = 8, seed: int = 1,
@@ -120,13 +123,21 @@ def mask_samples(model: SlotAutoEncoder, scenes: Scenes, n: int = 8, seed: int =
     """The first ``n`` scenes with their reconstruction and both readouts' segmentation: all a report draws.
 
     Predicted as :func:`evaluate` predicts them (the first batch of 100, slot samples from ``seed``),
-    so each scene's ``<readout>_fg_ari`` is the one in the test mean. Arrays: ``images`` and ``recon``
-    uint8 [n,H,W,3], ``true_masks`` [n,H,W] (0 background), ``alpha_segmentation`` and
-    ``posterior_segmentation`` [n,H,W] (the slot owning each pixel), ``alpha_fg_ari`` and
-    ``posterior_fg_ari`` [n].
+    so each scene's ``<readout>_fg_ari`` is the one in the test mean; see :func:`sample_arrays`.
     """
     n = min(n, len(scenes))
-    out = predict(model, scenes.images[:max(n, min(100, len(scenes)))], seed=seed, device=device)
+    return sample_arrays(scenes, predict(model, scenes.images[:max(n, min(100, len(scenes)))], seed=seed,
+                                         device=device), n)
+
+
+def sample_arrays(scenes: Scenes, out: Output, n: int = 8) -> dict[str, np.ndarray]:
+    """The arrays of :func:`mask_samples` from a prediction ``out`` of (at least) the first ``n`` scenes.
+
+    ``images`` and ``recon`` uint8 [n,H,W,3], ``true_masks`` [n,H,W] (0 background),
+    ``alpha_segmentation`` and ``posterior_segmentation`` [n,H,W] (the slot owning each pixel),
+    ``alpha_fg_ari`` and ``posterior_fg_ari`` [n].
+    """
+    n = min(n, len(scenes))
     arrays = {"images": scenes.images[:n], "true_masks": scenes.masks[:n].astype(np.uint8),
               "recon": np.rint(to_image(out.recon[:n]) * 255).astype(np.uint8)}
     for kind in MASKS:
