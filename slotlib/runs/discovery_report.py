@@ -17,22 +17,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .folder import DamagedRunFile, cell_dirs, config_of, read_history, read_metrics, seed_of
+from .folder import cell_metrics, config_of, read_history, seed_of
 
 RESULT_COLUMNS = ["val_fg_ari", "fg_ari", "fg_ari_alpha", "fg_ari_posterior", "fg_ari_std", "test_mse", "steps_done",
-                  "train_minutes", "steps_per_second", "n_params", "black_fg_ari_alpha", "black_fg_ari_posterior"]
+                  "steps_per_second", "n_params", "black_fg_ari_alpha", "black_fg_ari_posterior"]
 READOUTS = ("alpha", "posterior")
 
 
 def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per cell folder: setting (the name less seed and id), seed, status, the readout, results, error."""
     rows = []
-    for cell_dir in cell_dirs(runs_dir):
+    for cell_dir, m, problem in cell_metrics(runs_dir):
         row: dict[str, Any] = {"cell": cell_dir.name, "setting": config_of(cell_dir.name), "seed": seed_of(cell_dir.name)}
-        try:
-            m = read_metrics(cell_dir)
-        except DamagedRunFile as err:   # listed with its problem; the other cells still report
-            rows.append({**row, "status": "damaged", "error": str(err)})
+        if problem:                     # listed with its problem; the other cells still report
+            rows.append({**row, "status": "damaged", "error": problem})
             continue
         if m is None:
             continue
@@ -41,7 +39,7 @@ def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
                      **{k: m.get(k) for k in RESULT_COLUMNS},
                      "train_minutes": seconds / 60 if isinstance(seconds, (int, float)) else None,
                      "error": m.get("error")})
-    columns = ["cell", "setting", "seed", "status", "eval_masks", *RESULT_COLUMNS, "error"]
+    columns = ["cell", "setting", "seed", "status", "eval_masks", *RESULT_COLUMNS, "train_minutes", "error"]
     table = pd.DataFrame(rows, columns=columns)
     return table.drop(columns=[c for c in ("black_fg_ari_alpha", "black_fg_ari_posterior") if table[c].isna().all()])
 

@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -216,6 +216,21 @@ def cell_dirs(out_root: str | os.PathLike) -> list[Path]:
                   if p.is_dir() and ((p / PARAMS).exists() or (p / METRICS).exists()))
 
 
+def cell_metrics(out_root: str | os.PathLike) -> Iterator[tuple[Path, dict | None, str | None]]:
+    """Each cell folder (:func:`cell_dirs`) with its metrics.json: ``(folder, metrics, None)``, metrics None
+    before a run writes one, or ``(folder, None, problem)`` where a run file is damaged. Every reader of a
+    whole grid goes through here, so a damaged cell is listed with its problem, never stops the others."""
+    for cell in cell_dirs(out_root):
+        try:
+            metrics = read_metrics(cell)
+            if metrics is None:
+                read_params(cell)      # a folder with a damaged (e.g. empty) params.yaml only is listed too
+        except DamagedRunFile as err:
+            yield cell, None, str(err)
+            continue
+        yield cell, metrics, None
+
+
 def grid_copies(out_root: str | os.PathLike) -> list[Path]:
     """The params files a grid folder was made from: grid.yaml, then any added with ``--add-cells``."""
     out_root = Path(out_root)
@@ -229,13 +244,9 @@ def best_finished_cell(grid_dir: str | os.PathLike) -> Path:
     first by name (attention.ipynb opens it when ``run_dir`` is None). Damaged cells are passed over."""
     grid_dir = Path(grid_dir)
     best: tuple[float, Path] | None = None
-    for cell in cell_dirs(grid_dir) if grid_dir.is_dir() else []:
-        try:
-            metrics = read_metrics(cell) or {}
-        except DamagedRunFile:
-            continue
-        acc = metrics.get("best_val_acc")
-        if metrics.get("status") == "done" and isinstance(acc, (int, float)) and not math.isnan(acc):
+    for cell, metrics, _ in cell_metrics(grid_dir) if grid_dir.is_dir() else []:
+        acc = (metrics or {}).get("best_val_acc")
+        if (metrics or {}).get("status") == "done" and isinstance(acc, (int, float)) and not math.isnan(acc):
             if best is None or acc > best[0]:
                 best = (acc, cell)
     if best is None:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import grid_products
-from .folder import DamagedRunFile, cell_dirs, grid_copies, read_maps, read_metrics, read_params
+from .folder import DamagedRunFile, cell_dirs, cell_metrics, grid_copies, read_maps, read_metrics
 from .grid import NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
@@ -49,13 +49,9 @@ def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
     runs_dir = Path(runs_dir)
     axes = grid_axes(runs_dir)
     rows = []
-    for cell_dir in cell_dirs(runs_dir):
-        try:
-            m = read_metrics(cell_dir)
-            if m is None:
-                read_params(cell_dir)   # a folder with a damaged (e.g. empty) params.yaml only is said to be
-        except DamagedRunFile as err:   # listed with its problem; the other cells still report
-            rows.append({"cell": cell_dir.name, "status": "damaged", "error": str(err)})
+    for cell_dir, m, problem in cell_metrics(runs_dir):
+        if problem:                     # listed with its problem; the other cells still report
+            rows.append({"cell": cell_dir.name, "status": "damaged", "error": problem})
             continue
         if m is None:
             continue
@@ -256,11 +252,7 @@ def render(runs_dir: str | os.PathLike) -> Path:
         raise ConfigError(f"{runs_dir} holds no cell folders (folders with params.yaml or metrics.json); run "
                           f"`slotlib grid PARAMS.yaml --out {runs_dir}` first, or name the folder a grid wrote to")
     kinds = set()   # of the cells that have started: a classifier's metrics.json names no kind
-    for d in cell_dirs(runs_dir):
-        try:
-            metrics = read_metrics(d)
-        except DamagedRunFile:
-            continue
+    for _, metrics, _ in cell_metrics(runs_dir):
         if metrics is not None:
             kinds.add(metrics.get("kind", "classify"))
     if kinds == {"discovery", "classify"}:
