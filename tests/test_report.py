@@ -183,10 +183,14 @@ def test_discovery_table_ranks_on_validation_and_summarises_seeds(discovery_dir)
 
 
 def test_report_of_an_object_discovery_grid(discovery_dir):
+    write_discovery_cell(discovery_dir / "seed0-aa", "black", 0.5, 0.6, 5)   # the cell's black-background control
     assert main(["report", str(discovery_dir)]) == 0
     page = (discovery_dir / "report.html").read_text()
     assert "Object-discovery report" in page and "FG-ARI against training minutes" in page
-    assert page.count('src="data:image/png;base64') == 3       # the curve and two settings' masks
+    assert page.count('src="data:image/png;base64') == 4       # the curve, two settings' masks, one control's
+    from slotlib.runs.discovery_report import mask_folders
+    assert [title for title, _ in mask_folders(discovery_dir, "seed0-aa")] == [
+        "seed0-aa", "seed0-aa, its black-background control"]       # the control's title names it
     assert "Traceback" not in page and "<script src" not in page
 
 

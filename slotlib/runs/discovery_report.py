@@ -87,6 +87,14 @@ def first_seed_per_setting(table: pd.DataFrame) -> list[str]:
     return [firsts[s] for s in order]
 
 
+def mask_folders(runs_dir: str | os.PathLike, cell: str) -> list[tuple[str, Path]]:
+    """The folders whose masks.npz the report draws for ``cell``, each with its title: the cell's, then
+    its black-background control's (``black/``, written where the cell ran one: ``black_steps``)."""
+    folder = Path(runs_dir) / cell
+    control = folder / "black"
+    return [(cell, folder)] + ([(f"{cell}, its black-background control", control)] if control.is_dir() else [])
+
+
 def plot_fg_ari_minutes(runs_dir: str | os.PathLike, table: pd.DataFrame) -> Any:
     """Validation FG-ARI against training minutes, one line per finished cell, one colour per setting:
     alpha masks solid, posterior dashed; each cell's test FG-ARI (alpha) is the dot at its end."""
