@@ -14,8 +14,9 @@ import math
 import os
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -245,8 +246,9 @@ def best_finished_cell(grid_dir: str | os.PathLike) -> Path:
     grid_dir = Path(grid_dir)
     best: tuple[float, Path] | None = None
     for cell, metrics, _ in cell_metrics(grid_dir) if grid_dir.is_dir() else []:
-        acc = (metrics or {}).get("best_val_acc")
-        if (metrics or {}).get("status") == "done" and isinstance(acc, (int, float)) and not math.isnan(acc):
+        metrics = metrics or {}
+        acc = metrics.get("best_val_acc")
+        if metrics.get("status") == "done" and isinstance(acc, (int, float)) and not math.isnan(acc):
             if best is None or acc > best[0]:
                 best = (acc, cell)
     if best is None:
