@@ -391,7 +391,7 @@ def test_notebook_runs_through_grid(tmp_path):
     assert main(["report", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "report.html").read_text()
     assert "FG-ARI against training minutes" in page and "Alpha masks beside posterior masks" in page
-    assert page.count('src="data:image/png;base64') == 2 and "Traceback" not in page   # curve, masks
+    assert page.count('src="data:image/png;base64') == 3 and "Traceback" not in page   # curve, masks, black's
 
 
 @pytest.mark.slow
