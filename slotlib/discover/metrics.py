@@ -98,6 +98,11 @@ def slot_masks(out: Output, kind: str = "alpha") -> torch.Tensor:
     return {"alpha": out.masks, "posterior": out.posterior}[kind]
 
 
+def segmentation(masks: torch.Tensor) -> np.ndarray:
+    """Soft masks [B,S,1,H,W] -> the owning slot of every pixel, int [B,H,W]."""
+    return masks[:, :, 0].argmax(1).numpy()
+
+
 def fg_ari_by_readout(true_masks: np.ndarray, out: Output) -> dict[str, np.ndarray]:
     """FG-ARI per scene [B] of each readout in ``MASKS``."""
     return {kind: fg_ari(true_masks, slot_masks(out, kind)) for kind in MASKS}
@@ -141,7 +146,7 @@ def sample_arrays(scenes: Scenes, out: Output, n: int = 8) -> dict[str, np.ndarr
     arrays = {"images": scenes.images[:n], "true_masks": scenes.masks[:n].astype(np.uint8),
               "recon": np.rint(to_image(out.recon[:n]) * 255).astype(np.uint8)}
     for kind in MASKS:
-        masks = slot_masks(out, kind)[:n]                                 # [n,S,1,H,W]
-        arrays[f"{kind}_segmentation"] = masks[:, :, 0].argmax(1).numpy().astype(np.uint8)
-        arrays[f"{kind}_fg_ari"] = fg_ari(scenes.masks[:n], masks)
+        seg = segmentation(slot_masks(out, kind)[:n])                     # [n,H,W]
+        arrays[f"{kind}_segmentation"] = seg.astype(np.uint8)
+        arrays[f"{kind}_fg_ari"] = fg_ari(scenes.masks[:n], seg)
     return arrays

@@ -8,22 +8,17 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..data.scenes import Scenes
 from .fit import LOG_EVERY, DiscoveryRun
-from .metrics import MASKS, evaluate, fg_ari, fg_ari_by_readout, mask_samples, predict, slot_masks, to_image
+from .metrics import (MASKS, evaluate, fg_ari, fg_ari_by_readout, mask_samples, predict, segmentation, slot_masks,
+                      to_image)
 
 
 def _axes_off(axes: Any) -> None:
     for ax in np.ravel(axes):
         ax.set_xticks([])
         ax.set_yticks([])
-
-
-def segmentation(masks: torch.Tensor) -> np.ndarray:
-    """Soft masks [B,S,1,H,W] -> the owning slot of every pixel, int [B,H,W]."""
-    return masks[:, :, 0].argmax(1).numpy()
 
 
 def _ari_title(ari: dict[str, np.ndarray]) -> str:
