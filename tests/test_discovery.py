@@ -3,6 +3,7 @@
 import ast
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import nbformat
@@ -271,6 +272,28 @@ def test_paintings_start_at_the_training_scenes_mean_colour(tmp_path, monkeypatc
     assert torch.allclose(model.decoder.net[-1].bias, torch.tensor([-0.8, 0.1, 0.5, alpha_bias]))
 
 
+def test_mask_entropy_is_log_slots_when_shared_and_zero_when_owned():
+    shared = torch.full((2, 4, 1, 3, 3), 0.25)                          # [B,S,1,H,W]
+    owned = torch.zeros(2, 4, 1, 3, 3)
+    owned[:, 1] = 1
+    assert discovery.mask_entropy(shared).item() == pytest.approx(math.log(4))
+    assert discovery.mask_entropy(owned).item() == pytest.approx(0.0, abs=1e-9)
+    half = torch.cat([shared[:1], owned[:1]])                           # one image of each: the mean over pixels
+    assert discovery.mask_entropy(half).item() == pytest.approx(math.log(4) / 2)
+
+
+def test_mask_entropy_enters_the_training_loss(tmp_path, monkeypatch):
+    """With a weight the loss adds weight * entropy to the MSE; at 0 the entropy is never computed."""
+    calls = []
+    entropy = discovery.mask_entropy
+    monkeypatch.setattr(discovery, "mask_entropy", lambda m: (calls.append(m.shape), entropy(m))[1])
+    discovery.fit(tiny_config(steps=2, eval_every=0), tmp_path / "off", progress=False)
+    assert calls == []
+    run = discovery.fit(tiny_config(steps=2, eval_every=0, mask_entropy=0.05), tmp_path / "on", progress=False)
+    assert len(calls) == 2 and calls[0][1] == run.config.num_slots
+    assert run.metrics["params"]["mask_entropy"] == 0.05
+
+
 # --------------------------------------------------------------------------- parameters
 
 def test_config_rejects_bad_values_in_one_sentence():
@@ -284,6 +307,10 @@ def test_config_rejects_bad_values_in_one_sentence():
         DiscoveryConfig.from_params({"eval_masks": "soft"})
     with pytest.raises(ConfigError, match=r"^parameter 'dec_colour_init' must be 'mean' or 'zero'.*got 'grey'$"):
         DiscoveryConfig.from_params({"dec_colour_init": "grey"})
+    with pytest.raises(ConfigError, match=r"^parameter 'mask_entropy' must be a number >= 0.*got -0.1$"):
+        DiscoveryConfig.from_params({"mask_entropy": -0.1})
+    assert DiscoveryConfig.from_params({"mask_entropy": 0}).digest() == DiscoveryConfig().digest()  # off: old ids
+    assert DiscoveryConfig.from_params({"mask_entropy": 0.01}).digest() != DiscoveryConfig().digest()
     assert DiscoveryConfig.from_params({"num_threads": 2}).digest() == DiscoveryConfig().digest()
     assert DiscoveryConfig.from_params({"num_slots": 7}).digest() != DiscoveryConfig().digest()
     # the paper's start ('zero') computes what was computed before the parameter existed: the old cell id

@@ -57,6 +57,9 @@ class DiscoveryConfig:
                                  "so a black background is not learnt first) or 'zero' (the paper's: mid-grey)",
                                  unhashed_at="zero")
     # training
+    mask_entropy: float = param(0.0, "weight of the alpha masks' per-pixel entropy over slots (nats, mean over pixels) "
+                                "added to the MSE: sharp masks make a misplaced edge cost its full colour error; "
+                                "0: MSE alone, as in the paper", unhashed_at=0.0)
     batch_size: int = param(32, "scenes per optimiser step")
     steps: int = param(5500, "optimiser steps")
     lr: float = param(1e-3, "Adam peak learning rate")
@@ -89,6 +92,7 @@ class DiscoveryConfig:
                  f"the image size divided by a power of two, one of {', '.join(map(str, sides))}")
         require(self.dec_colour_init in ("mean", "zero"), "dec_colour_init", self.dec_colour_init, "'mean' or 'zero'")
         require(self.lr > 0, "lr", self.lr, "a number > 0")
+        require(self.mask_entropy >= 0, "mask_entropy", self.mask_entropy, "a number >= 0")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "null or a number > 0")
         require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None, "device", self.device,
                  "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
