@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import grid_products
-from .folder import DamagedRunFile, cell_dirs, cell_metrics, grid_copies, read_maps, read_metrics
+from ..config import ConfigError, grid_products
+from .folder import DamagedRunFile, cell_metrics, grid_copies, read_maps, read_metrics
 from .grid import NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
@@ -246,15 +246,12 @@ def render(runs_dir: str | os.PathLike) -> Path:
     from nbconvert import HTMLExporter
 
     runs_dir = Path(runs_dir).resolve()
-    from ..config import ConfigError
-
-    if not runs_dir.is_dir() or not cell_dirs(runs_dir):
+    cells = list(cell_metrics(runs_dir)) if runs_dir.is_dir() else []
+    if not cells:
         raise ConfigError(f"{runs_dir} holds no cell folders (folders with params.yaml or metrics.json); run "
                           f"`slotlib grid PARAMS.yaml --out {runs_dir}` first, or name the folder a grid wrote to")
-    kinds = set()   # of the cells that have started: a classifier's metrics.json names no kind
-    for _, metrics, _ in cell_metrics(runs_dir):
-        if metrics is not None:
-            kinds.add(metrics.get("kind", "classify"))
+    # of the cells that have started: a classifier's metrics.json names no kind
+    kinds = {metrics.get("kind", "classify") for _, metrics, _ in cells if metrics is not None}
     if kinds == {"discovery", "classify"}:
         raise ConfigError(f"{runs_dir} holds object-discovery cells beside classifier cells; a report covers one "
                           f"kind: give each its own grid folder")
