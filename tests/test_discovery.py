@@ -283,7 +283,7 @@ def test_mask_entropy_is_log_slots_when_shared_and_zero_when_owned():
 
 
 def test_mask_entropy_enters_the_training_loss(tmp_path, monkeypatch):
-    """With a weight the loss adds weight * entropy to the MSE; at 0 the entropy is never computed."""
+    """With a weight the loss adds weight * entropy to the MSE after ``mask_entropy_from``; at 0 never."""
     calls = []
     entropy = discovery.mask_entropy
     monkeypatch.setattr(discovery, "mask_entropy", lambda m: (calls.append(m.shape), entropy(m))[1])
@@ -292,6 +292,9 @@ def test_mask_entropy_enters_the_training_loss(tmp_path, monkeypatch):
     run = discovery.fit(tiny_config(steps=2, eval_every=0, mask_entropy=0.05), tmp_path / "on", progress=False)
     assert len(calls) == 2 and calls[0][1] == run.config.num_slots
     assert run.metrics["params"]["mask_entropy"] == 0.05
+    discovery.fit(tiny_config(steps=3, eval_every=0, mask_entropy=0.05, mask_entropy_from=2), tmp_path / "late",
+                  progress=False)
+    assert len(calls) == 3                                              # step 3 only: after step 2
 
 
 # --------------------------------------------------------------------------- parameters
@@ -311,6 +314,7 @@ def test_config_rejects_bad_values_in_one_sentence():
         DiscoveryConfig.from_params({"mask_entropy": -0.1})
     assert DiscoveryConfig.from_params({"mask_entropy": 0}).digest() == DiscoveryConfig().digest()  # off: old ids
     assert DiscoveryConfig.from_params({"mask_entropy": 0.01}).digest() != DiscoveryConfig().digest()
+    assert DiscoveryConfig.from_params({"mask_entropy_from": 0}).digest() == DiscoveryConfig().digest()
     assert DiscoveryConfig.from_params({"num_threads": 2}).digest() == DiscoveryConfig().digest()
     assert DiscoveryConfig.from_params({"num_slots": 7}).digest() != DiscoveryConfig().digest()
     # the paper's start ('zero') computes what was computed before the parameter existed: the old cell id

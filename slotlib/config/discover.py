@@ -60,6 +60,8 @@ class DiscoveryConfig:
     mask_entropy: float = param(0.0, "weight of the alpha masks' per-pixel entropy over slots (nats, mean over pixels) "
                                 "added to the MSE: sharp masks make a misplaced edge cost its full colour error; "
                                 "0: MSE alone, as in the paper", unhashed_at=0.0)
+    mask_entropy_from: int = param(0, "the step from which mask_entropy applies; a penalty from the start makes one "
+                                   "slot take every pixel before the slots have found objects", unhashed_at=0)
     batch_size: int = param(32, "scenes per optimiser step")
     steps: int = param(5500, "optimiser steps")
     lr: float = param(1e-3, "Adam peak learning rate")
@@ -81,7 +83,7 @@ class DiscoveryConfig:
         for key in ("train_scenes", "test_scenes", "num_slots", "slot_dim", "mlp_hidden", "slot_iters",
                     "enc_channels", "dec_channels", "batch_size", "steps", "decay_steps"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
-        for key in ("val_scenes", "warmup_steps", "eval_every", "black_steps", "num_threads", "eval_iters"):
+        for key in ("val_scenes", "mask_entropy_from", "warmup_steps", "eval_every", "black_steps", "num_threads", "eval_iters"):
             require(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
         require(self.eval_masks in ("alpha", "posterior"), "eval_masks", self.eval_masks, "'alpha' or 'posterior'")
         require(self.slot_init in ("per_slot", "shared"), "slot_init", self.slot_init, "'per_slot' or 'shared'")
