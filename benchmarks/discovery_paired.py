@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/discovery_paired.py RUN_A RUN_B [--masks alpha|posterior]
 
+Then, for each run, where its wrong pixels lie: the share of object pixels on an object's edge (a 4-neighbour
+with another true label), the share of edge and of interior pixels given to a slot other than the one
+holding most of their object, and the masks' mean per-pixel entropy over slots (nats; 0 is one-hot) on
+object pixels and on background pixels.
+
 Each folder is a finished run (``params.yaml`` and ``model.pt``, as ``slotlib train`` writes them).
 Both are evaluated as training's final test is (``slotlib.discover.metrics.evaluate``, slot samples from
 seed 1) on RUN_A's test scenes, which must be RUN_B's too. Prints both means, the mean per-scene
@@ -18,7 +23,7 @@ from scipy.stats import wilcoxon
 
 from slotlib.config import DiscoveryConfig
 from slotlib.discover.fit import make_splits
-from slotlib.discover.metrics import evaluate
+from slotlib.discover.metrics import evaluate, segmentation, slot_masks
 from slotlib.discover.model import SlotAutoEncoder
 from slotlib.runs.folder import load_checkpoint, read_params
 
@@ -33,6 +38,23 @@ def load(run: Path) -> tuple[DiscoveryConfig, SlotAutoEncoder]:
     return cfg, model
 
 
+def edge_errors(true: np.ndarray, seg: np.ndarray) -> dict[str, float]:
+    """``true`` [N,H,W] object labels (0 background), ``seg`` [N,H,W] the slot owning each pixel."""
+    edge = np.zeros(true.shape, bool)
+    edge[:, 1:] |= true[:, 1:] != true[:, :-1]
+    edge[:, :-1] |= true[:, :-1] != true[:, 1:]
+    edge[:, :, 1:] |= true[:, :, 1:] != true[:, :, :-1]
+    edge[:, :, :-1] |= true[:, :, :-1] != true[:, :, 1:]
+    wrong = np.zeros(true.shape, bool)
+    for i in range(len(true)):
+        for label in np.unique(true[i])[1:]:
+            here = true[i] == label
+            wrong[i][here] = seg[i][here] != np.bincount(seg[i][here]).argmax()   # not its object's own slot
+    objects = true > 0
+    return {"edge share": edge[objects].mean(), "edge wrong": wrong[objects & edge].mean(),
+            "interior wrong": wrong[objects & ~edge].mean()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs=2, type=Path)
@@ -43,14 +65,21 @@ def main() -> None:
     if any(getattr(cfg_a, k) != getattr(cfg_b, k) for k in scenes):
         parser.error(f"the two runs were tested on different scenes: compare {', '.join(scenes)} in their params.yaml")
     test = make_splits(cfg_a).test
-    a = evaluate(model_a, test, seed=1, masks=args.masks)["per_scene_fg_ari"]
-    b = evaluate(model_b, test, seed=1, masks=args.masks)["per_scene_fg_ari"]
+    ev_a, ev_b = (evaluate(m, test, seed=1, masks=args.masks) for m in (model_a, model_b))
+    a, b = ev_a["per_scene_fg_ari"], ev_b["per_scene_fg_ari"]
     keep = ~(np.isnan(a) | np.isnan(b))
     diff = b[keep] - a[keep]
     p = wilcoxon(diff, zero_method="wilcox").pvalue if np.any(diff != 0) else 1.0
     print(f"{args.masks} FG-ARI on {keep.sum()} test scenes: A {np.mean(a[keep]):.3f}, B {np.mean(b[keep]):.3f}, "
           f"B - A {np.mean(diff):+.3f} (B better on {np.sum(diff > 0)}, worse on {np.sum(diff < 0)}), "
           f"Wilcoxon signed-rank p = {p:.2g}")
+    for name, ev in (("A", ev_a), ("B", ev_b)):
+        seg = segmentation(slot_masks(ev["output"], args.masks))
+        where = ", ".join(f"{k} {v:.3f}" for k, v in edge_errors(test.masks, seg).items())
+        m = ev["output"].masks                                          # [N,S,1,H,W]
+        entropy = -(m * m.clamp_min(1e-12).log()).sum((1, 2)).numpy()    # [N,H,W] nats
+        print(f"{name}: {where}; mask entropy {entropy[test.masks > 0].mean():.3f} nats on objects, "
+              f"{entropy[test.masks == 0].mean():.3f} on the background")
 
 
 if __name__ == "__main__":

@@ -295,6 +295,9 @@ def test_mask_entropy_enters_the_training_loss(tmp_path, monkeypatch):
     discovery.fit(tiny_config(steps=3, eval_every=0, mask_entropy=0.05, mask_entropy_from=2), tmp_path / "late",
                   progress=False)
     assert len(calls) == 3                                              # step 3 only: after step 2
+    monkeypatch.setattr(discovery, "mask_entropy", lambda m: entropy(m) + 1000)   # a penalty far above any MSE
+    discovery.fit(tiny_config(steps=2, eval_every=0, mask_entropy=1.0), tmp_path / "big", progress=False)
+    assert max(float(r["train_mse"]) for r in discovery.read_history(tmp_path / "big")) < 2   # the MSE alone
 
 
 # --------------------------------------------------------------------------- parameters

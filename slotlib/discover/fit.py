@@ -160,9 +160,10 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
             for group in opt.param_groups:
                 group["lr"] = learning_rate(step, cfg)
             output = model(x)
-            loss = F.mse_loss(output.recon, x)                          # reconstruction: no labels anywhere
+            mse = F.mse_loss(output.recon, x)                           # reconstruction: no labels anywhere
+            loss = mse
             if cfg.mask_entropy and step > cfg.mask_entropy_from:
-                loss = loss + cfg.mask_entropy * mask_entropy(output.masks)
+                loss = mse + cfg.mask_entropy * mask_entropy(output.masks)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"reconstruction loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
@@ -170,11 +171,11 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            window_loss, window_n = window_loss + loss.item(), window_n + 1
+            window_loss, window_n = window_loss + mse.item(), window_n + 1   # the MSE alone, penalty or not
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:
-                    bar.set_postfix(mse=f"{loss.item():.4f}", refresh=False)
+                    bar.set_postfix(mse=f"{mse.item():.4f}", refresh=False)
             evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
             if evaluate_now or step % LOG_EVERY == 0:
                 seconds = time.perf_counter() - window_start                # training time only, not evaluation
