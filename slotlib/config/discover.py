@@ -83,7 +83,8 @@ class DiscoveryConfig:
         for key in ("train_scenes", "test_scenes", "num_slots", "slot_dim", "mlp_hidden", "slot_iters",
                     "enc_channels", "dec_channels", "batch_size", "steps", "decay_steps"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
-        for key in ("val_scenes", "mask_entropy_from", "warmup_steps", "eval_every", "black_steps", "num_threads", "eval_iters"):
+        for key in ("val_scenes", "mask_entropy_from", "warmup_steps", "eval_every", "black_steps", "num_threads",
+                    "eval_iters"):
             require(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
         require(self.eval_masks in ("alpha", "posterior"), "eval_masks", self.eval_masks, "'alpha' or 'posterior'")
         require(self.slot_init in ("per_slot", "shared"), "slot_init", self.slot_init, "'per_slot' or 'shared'")

@@ -56,7 +56,7 @@ def learning_rate(step: int, cfg: "DiscoveryConfig") -> float:
 
 
 def mask_entropy(masks: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels of the masks' entropy over slots (nats): log S where every slot shares a pixel, 0 where one owns it.
+    """Mean over pixels of the masks' entropy over slots (nats): log S where all S share a pixel, 0 where one owns it.
 
     ``masks`` [B,S,1,H,W] sums to one over slots. A penalty on it sharpens the alpha masks; their argmax
     does not change with sharpness alone, but the MSE then charges a pixel on the wrong side of an edge
