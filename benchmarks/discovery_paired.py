@@ -23,7 +23,7 @@ from scipy.stats import wilcoxon
 
 from slotlib.config import DiscoveryConfig
 from slotlib.discover.fit import make_splits
-from slotlib.discover.metrics import evaluate, segmentation, slot_masks
+from slotlib.discover.metrics import evaluate, pixel_entropy, segmentation, slot_masks
 from slotlib.discover.model import SlotAutoEncoder
 from slotlib.runs.folder import load_checkpoint, read_params
 
@@ -76,8 +76,7 @@ def main() -> None:
     for name, ev in (("A", ev_a), ("B", ev_b)):
         seg = segmentation(slot_masks(ev["output"], args.masks))
         where = ", ".join(f"{k} {v:.3f}" for k, v in edge_errors(test.masks, seg).items())
-        m = ev["output"].masks                                          # [N,S,1,H,W]
-        entropy = -(m * m.clamp_min(1e-12).log()).sum((1, 2)).numpy()    # [N,H,W] nats
+        entropy = pixel_entropy(ev["output"].masks).numpy()             # [N,H,W] nats
         print(f"{name}: {where}; mask entropy {entropy[test.masks > 0].mean():.3f} nats on objects, "
               f"{entropy[test.masks == 0].mean():.3f} on the background")
 

@@ -60,7 +60,7 @@ class DiscoveryConfig:
     mask_entropy: float = param(0.0, "weight of the alpha masks' per-pixel entropy over slots (nats, mean over pixels) "
                                 "added to the MSE: sharp masks make a misplaced edge cost its full colour error; "
                                 "0: MSE alone, as in the paper", unhashed_at=0.0)
-    mask_entropy_from: int = param(0, "the step from which mask_entropy applies; a penalty from the start makes one "
+    mask_entropy_from: int = param(0, "mask_entropy applies after this many steps; a penalty from the start makes one "
                                    "slot take every pixel before the slots have found objects", unhashed_at=0)
     batch_size: int = param(32, "scenes per optimiser step")
     steps: int = param(5500, "optimiser steps")

@@ -24,7 +24,7 @@ from ..data.scenes import Scenes, make_scenes
 from ..runs.files import save_torch_atomic, write_atomic, write_csv, write_json, write_npz_atomic
 from ..runs.folder import MASK_SAMPLES, load_checkpoint, read_history, read_metrics
 from ..runtime import NonFiniteLossError, resolve_device
-from .metrics import evaluate, mask_samples, sample_arrays, to_input
+from .metrics import evaluate, mask_samples, pixel_entropy, sample_arrays, to_input
 from .model import SlotAutoEncoder
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def mask_entropy(masks: torch.Tensor) -> torch.Tensor:
     does not change with sharpness alone, but the MSE then charges a pixel on the wrong side of an edge
     its whole colour difference, where a blurred mask pays a blend's.
     """
-    return -(masks * masks.clamp_min(1e-12).log()).sum(1).mean()
+    return pixel_entropy(masks).mean()
 
 
 HISTORY_COLUMNS = ("step", "train_mse", "lr", "seconds", "steps_per_second", "val_fg_ari", "val_fg_ari_alpha",

@@ -103,6 +103,11 @@ def segmentation(masks: torch.Tensor) -> np.ndarray:
     return masks[:, :, 0].argmax(1).numpy()
 
 
+def pixel_entropy(masks: torch.Tensor) -> torch.Tensor:
+    """Soft masks [B,S,1,H,W] -> each pixel's entropy over slots, nats [B,H,W]: log S if all share it, 0 if one does."""
+    return -(masks * masks.clamp_min(1e-12).log()).sum((1, 2))
+
+
 def fg_ari_by_readout(true_masks: np.ndarray, out: Output) -> dict[str, np.ndarray]:
     """FG-ARI per scene [B] of each readout in ``MASKS``."""
     return {kind: fg_ari(true_masks, slot_masks(out, kind)) for kind in MASKS}
