@@ -13,6 +13,7 @@ import torch
 import yaml
 from sklearn.metrics import adjusted_rand_score
 
+from slotlib import runtime
 from slotlib.config import Config, ConfigError, DiscoveryConfig, from_namespace, parse_params
 from slotlib.discover import fit as discovery
 from slotlib.discover.metrics import adjusted_rand_index, fg_ari
@@ -298,6 +299,22 @@ def test_mask_entropy_enters_the_training_loss(tmp_path, monkeypatch):
     monkeypatch.setattr(discovery, "mask_entropy", lambda m: entropy(m) + 1000)   # a penalty far above any MSE
     discovery.fit(tiny_config(steps=2, eval_every=0, mask_entropy=1.0), tmp_path / "big", progress=False)
     assert max(float(r["train_mse"]) for r in discovery.read_history(tmp_path / "big")) < 2   # the MSE alone
+
+
+
+def test_fit_flushes_denormals_and_leaves_the_callers_setting(tmp_path, monkeypatch):
+    """Training runs with denormals flushed, and the caller's setting (on or off) is back afterwards."""
+    seen = []
+    forward = SlotAutoEncoder.forward
+    monkeypatch.setattr(SlotAutoEncoder, "forward", lambda self, x: (seen.append(runtime.denormals_flushed()),
+                                                                     forward(self, x))[1])
+    try:
+        for before in (False, True):
+            torch.set_flush_denormal(before)
+            discovery.fit(tiny_config(steps=1, eval_every=0), tmp_path / str(before), progress=False)
+            assert runtime.denormals_flushed() is before and seen[-1] is True
+    finally:
+        torch.set_flush_denormal(False)
 
 
 # --------------------------------------------------------------------------- parameters

@@ -23,7 +23,7 @@ from torch import nn
 from ..data.scenes import Scenes, make_scenes
 from ..runs.files import save_torch_atomic, write_atomic, write_csv, write_json, write_npz_atomic
 from ..runs.folder import MASK_SAMPLES, load_checkpoint, read_history, read_metrics
-from ..runtime import NonFiniteLossError, resolve_device
+from ..runtime import NonFiniteLossError, flushing_denormals, resolve_device
 from .metrics import evaluate, mask_samples, pixel_entropy, sample_arrays, to_input
 from .model import SlotAutoEncoder
 
@@ -146,83 +146,80 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
     train_seconds, window_loss, window_n, window_start = 0.0, 0.0, 0, time.perf_counter()
     perm, pos = torch.randperm(len(splits.train), generator=order), 0
     # Sharp masks come from a saturated softmax whose small values are denormal floats, which make CPU
-    # arithmetic several times slower (a run with mask_entropy fell from 13 to 2.5 steps/s); flushing
-    # them to zero changes values under 1e-38 only. Restored when training ends.
-    torch.set_flush_denormal(True)
-    try:
-        model.train()
-        for step in range(1, cfg.steps + 1):
-            if pos + cfg.batch_size > len(perm):                        # a fresh order every pass
-                perm, pos = torch.randperm(len(splits.train), generator=order), 0
-            idx = perm[pos:pos + cfg.batch_size].numpy()
-            pos += cfg.batch_size
-            x = to_input(splits.train.images[idx], device)              # [B,3,H,W]
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(step, cfg)
-            output = model(x)
-            mse = F.mse_loss(output.recon, x)                           # reconstruction: no labels anywhere
-            loss = mse
-            if cfg.mask_entropy and step > cfg.mask_entropy_from:
-                loss = mse + cfg.mask_entropy * mask_entropy(output.masks)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"reconstruction loss is {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            window_loss, window_n = window_loss + mse.item(), window_n + 1   # the MSE alone, penalty or not
+    # arithmetic several times slower (a run with mask_entropy fell from 13 to 2.5 steps/s).
+    with flushing_denormals():
+        try:
+            model.train()
+            for step in range(1, cfg.steps + 1):
+                if pos + cfg.batch_size > len(perm):                        # a fresh order every pass
+                    perm, pos = torch.randperm(len(splits.train), generator=order), 0
+                idx = perm[pos:pos + cfg.batch_size].numpy()
+                pos += cfg.batch_size
+                x = to_input(splits.train.images[idx], device)              # [B,3,H,W]
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(step, cfg)
+                output = model(x)
+                mse = F.mse_loss(output.recon, x)                           # reconstruction: no labels anywhere
+                loss = mse
+                if cfg.mask_entropy and step > cfg.mask_entropy_from:
+                    loss = mse + cfg.mask_entropy * mask_entropy(output.masks)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"reconstruction loss is {loss.item()} at step {step}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                window_loss, window_n = window_loss + mse.item(), window_n + 1   # the MSE alone, penalty or not
+                if bar is not None:
+                    bar.update(1)
+                    if step % 20 == 0:
+                        bar.set_postfix(mse=f"{mse.item():.4f}", refresh=False)
+                evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+                if evaluate_now or step % LOG_EVERY == 0:
+                    seconds = time.perf_counter() - window_start                # training time only, not evaluation
+                    train_seconds += seconds
+                    row = {"step": step, "train_mse": window_loss / window_n, "lr": learning_rate(step, cfg),
+                           "seconds": round(train_seconds, 2), "steps_per_second": round(window_n / seconds, 3),
+                           **{c: "" for c in HISTORY_COLUMNS[5:]}}
+                    if evaluate_now and cfg.val_scenes:
+                        val = evaluate(model, splits.val, device, masks=cfg.eval_masks)
+                        model.train()
+                        scores = {f"val_{k}": val[k] for k in ("fg_ari", "fg_ari_alpha", "fg_ari_posterior")}
+                        row.update(scores, val_mse=val["mse"])
+                        metrics.update(scores, val_mse=val["mse"])
+                        if bar is not None:
+                            bar.set_postfix(mse=f"{row['train_mse']:.4f}", fg_ari_alpha=f"{val['fg_ari_alpha']:.3f}",
+                                            fg_ari_posterior=f"{val['fg_ari_posterior']:.3f}")
+                        if echo is not None:
+                            echo(f"step {step}  train_mse {row['train_mse']:.5f}  val_fg_ari alpha "
+                                 f"{val['fg_ari_alpha']:.4f} posterior {val['fg_ari_posterior']:.4f}  "
+                                 f"{row['steps_per_second']:.2f} steps/s  {train_seconds:.0f} s")
+                    rows.append(row)
+                    write_history(out / "history.csv", rows)
+                    if evaluate_now:
+                        metrics.update(steps_done=step, train_seconds=round(train_seconds, 1))
+                        write_json(out / "metrics.json", metrics)
+                    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
             if bar is not None:
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(mse=f"{mse.item():.4f}", refresh=False)
-            evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
-            if evaluate_now or step % LOG_EVERY == 0:
-                seconds = time.perf_counter() - window_start                # training time only, not evaluation
-                train_seconds += seconds
-                row = {"step": step, "train_mse": window_loss / window_n, "lr": learning_rate(step, cfg),
-                       "seconds": round(train_seconds, 2), "steps_per_second": round(window_n / seconds, 3),
-                       **{c: "" for c in HISTORY_COLUMNS[5:]}}
-                if evaluate_now and cfg.val_scenes:
-                    val = evaluate(model, splits.val, device, masks=cfg.eval_masks)
-                    model.train()
-                    scores = {f"val_{k}": val[k] for k in ("fg_ari", "fg_ari_alpha", "fg_ari_posterior")}
-                    row.update(scores, val_mse=val["mse"])
-                    metrics.update(scores, val_mse=val["mse"])
-                    if bar is not None:
-                        bar.set_postfix(mse=f"{row['train_mse']:.4f}", fg_ari_alpha=f"{val['fg_ari_alpha']:.3f}",
-                                        fg_ari_posterior=f"{val['fg_ari_posterior']:.3f}")
-                    if echo is not None:
-                        echo(f"step {step}  train_mse {row['train_mse']:.5f}  val_fg_ari alpha "
-                             f"{val['fg_ari_alpha']:.4f} posterior {val['fg_ari_posterior']:.4f}  "
-                             f"{row['steps_per_second']:.2f} steps/s  {train_seconds:.0f} s")
-                rows.append(row)
-                write_history(out / "history.csv", rows)
-                if evaluate_now:
-                    metrics.update(steps_done=step, train_seconds=round(train_seconds, 1))
-                    write_json(out / "metrics.json", metrics)
-                window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-        if bar is not None:
-            bar.close()
-        test = evaluate(model, splits.test, device, seed=1, masks=cfg.eval_masks)
-        save_torch_atomic(model.state_dict(), out / "model.pt")
-        write_npz_atomic(out / MASK_SAMPLES, **sample_arrays(splits.test, test["output"]))  # the same prediction
-        # With a black comparison to come, the cell is done only when that is (fit_black marks it).
-        metrics.update(status="running" if cfg.black_steps else "done", trained=True,
-                       steps_done=cfg.steps, train_seconds=round(train_seconds, 1),
-                       fg_ari=test["fg_ari"], fg_ari_std=test["fg_ari_std"], fg_ari_alpha=test["fg_ari_alpha"],
-                       fg_ari_posterior=test["fg_ari_posterior"], test_mse=test["mse"],
-                       wall_seconds=round(time.perf_counter() - start, 1),
-                       steps_per_second=round(cfg.steps / train_seconds, 3))
-        write_json(out / "metrics.json", metrics)
-    except BaseException as err:
-        if bar is not None:
-            bar.close()
-        metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
-        write_json(out / "metrics.json", metrics)
-        raise
-    finally:
-        torch.set_flush_denormal(False)
+                bar.close()
+            test = evaluate(model, splits.test, device, seed=1, masks=cfg.eval_masks)
+            save_torch_atomic(model.state_dict(), out / "model.pt")
+            write_npz_atomic(out / MASK_SAMPLES, **sample_arrays(splits.test, test["output"]))  # the same prediction
+            # With a black comparison to come, the cell is done only when that is (fit_black marks it).
+            metrics.update(status="running" if cfg.black_steps else "done", trained=True,
+                           steps_done=cfg.steps, train_seconds=round(train_seconds, 1),
+                           fg_ari=test["fg_ari"], fg_ari_std=test["fg_ari_std"], fg_ari_alpha=test["fg_ari_alpha"],
+                           fg_ari_posterior=test["fg_ari_posterior"], test_mse=test["mse"],
+                           wall_seconds=round(time.perf_counter() - start, 1),
+                           steps_per_second=round(cfg.steps / train_seconds, 3))
+            write_json(out / "metrics.json", metrics)
+        except BaseException as err:
+            if bar is not None:
+                bar.close()
+            metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
+            write_json(out / "metrics.json", metrics)
+            raise
     model.cpu()
     return DiscoveryRun(cfg, out, model, splits, metrics)
 
