@@ -301,7 +301,6 @@ def test_mask_entropy_enters_the_training_loss(tmp_path, monkeypatch):
     assert max(float(r["train_mse"]) for r in discovery.read_history(tmp_path / "big")) < 2   # the MSE alone
 
 
-
 def test_fit_flushes_denormals_and_leaves_the_callers_setting(tmp_path, monkeypatch):
     """Training runs with denormals flushed, and the caller's setting (on or off) is back afterwards."""
     seen = []
