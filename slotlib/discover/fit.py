@@ -137,70 +137,16 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
                                "n_params": sum(p.numel() for p in model.parameters()), "device": str(device),
                                "num_threads": torch.get_num_threads(), "torch": torch.__version__, "error": None}
     write_json(out / "metrics.json", metrics)
-    rows: list[dict] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, desc=f"train ({cfg.background})", unit="step")
     start = time.perf_counter()
-    train_seconds, window_loss, window_n, window_start = 0.0, 0.0, 0, time.perf_counter()
-    perm, pos = torch.randperm(len(splits.train), generator=order), 0
     # Sharp masks come from a saturated softmax whose small values are denormal floats, which make CPU
     # arithmetic several times slower (a run with mask_entropy fell from 13 to 2.5 steps/s).
     with flushing_denormals():
         try:
-            model.train()
-            for step in range(1, cfg.steps + 1):
-                if pos + cfg.batch_size > len(perm):                        # a fresh order every pass
-                    perm, pos = torch.randperm(len(splits.train), generator=order), 0
-                idx = perm[pos:pos + cfg.batch_size].numpy()
-                pos += cfg.batch_size
-                x = to_input(splits.train.images[idx], device)              # [B,3,H,W]
-                for group in opt.param_groups:
-                    group["lr"] = learning_rate(step, cfg)
-                output = model(x)
-                mse = F.mse_loss(output.recon, x)                           # reconstruction: no labels anywhere
-                loss = mse
-                if cfg.mask_entropy and step > cfg.mask_entropy_from:
-                    loss = mse + cfg.mask_entropy * mask_entropy(output.masks)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"reconstruction loss is {loss.item()} at step {step}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                window_loss, window_n = window_loss + mse.item(), window_n + 1   # the MSE alone, penalty or not
-                if bar is not None:
-                    bar.update(1)
-                    if step % 20 == 0:
-                        bar.set_postfix(mse=f"{mse.item():.4f}", refresh=False)
-                evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
-                if evaluate_now or step % LOG_EVERY == 0:
-                    seconds = time.perf_counter() - window_start                # training time only, not evaluation
-                    train_seconds += seconds
-                    row = {"step": step, "train_mse": window_loss / window_n, "lr": learning_rate(step, cfg),
-                           "seconds": round(train_seconds, 2), "steps_per_second": round(window_n / seconds, 3),
-                           **{c: "" for c in HISTORY_COLUMNS[5:]}}
-                    if evaluate_now and cfg.val_scenes:
-                        val = evaluate(model, splits.val, device, masks=cfg.eval_masks)
-                        model.train()
-                        scores = {f"val_{k}": val[k] for k in ("fg_ari", "fg_ari_alpha", "fg_ari_posterior")}
-                        row.update(scores, val_mse=val["mse"])
-                        metrics.update(scores, val_mse=val["mse"])
-                        if bar is not None:
-                            bar.set_postfix(mse=f"{row['train_mse']:.4f}", fg_ari_alpha=f"{val['fg_ari_alpha']:.3f}",
-                                            fg_ari_posterior=f"{val['fg_ari_posterior']:.3f}")
-                        if echo is not None:
-                            echo(f"step {step}  train_mse {row['train_mse']:.5f}  val_fg_ari alpha "
-                                 f"{val['fg_ari_alpha']:.4f} posterior {val['fg_ari_posterior']:.4f}  "
-                                 f"{row['steps_per_second']:.2f} steps/s  {train_seconds:.0f} s")
-                    rows.append(row)
-                    write_history(out / "history.csv", rows)
-                    if evaluate_now:
-                        metrics.update(steps_done=step, train_seconds=round(train_seconds, 1))
-                        write_json(out / "metrics.json", metrics)
-                    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+            train_seconds = train_steps(model, opt, order, splits, cfg, device, out, metrics, bar, echo)
             if bar is not None:
                 bar.close()
             test = evaluate(model, splits.test, device, seed=1, masks=cfg.eval_masks)
@@ -222,6 +168,69 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
             raise
     model.cpu()
     return DiscoveryRun(cfg, out, model, splits, metrics)
+
+
+def train_steps(model: SlotAutoEncoder, opt: torch.optim.Optimizer, order: torch.Generator, splits: SceneSplits,
+                cfg: "DiscoveryConfig", device: torch.device, out: Path, metrics: dict[str, Any], bar: Any,
+                echo: Callable[[str], Any] | None) -> float:
+    """The training steps of :func:`fit`, with ``history.csv`` and the running ``metrics.json`` written as they
+    go; returns the seconds spent training (evaluation not counted)."""
+    rows: list[dict] = []
+    train_seconds, window_loss, window_n, window_start = 0.0, 0.0, 0, time.perf_counter()
+    perm, pos = torch.randperm(len(splits.train), generator=order), 0
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        if pos + cfg.batch_size > len(perm):                        # a fresh order every pass
+            perm, pos = torch.randperm(len(splits.train), generator=order), 0
+        idx = perm[pos:pos + cfg.batch_size].numpy()
+        pos += cfg.batch_size
+        x = to_input(splits.train.images[idx], device)              # [B,3,H,W]
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        output = model(x)
+        mse = F.mse_loss(output.recon, x)                           # reconstruction: no labels anywhere
+        loss = mse
+        if cfg.mask_entropy and step > cfg.mask_entropy_from:
+            loss = mse + cfg.mask_entropy * mask_entropy(output.masks)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"reconstruction loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        window_loss, window_n = window_loss + mse.item(), window_n + 1   # the MSE alone, penalty or not
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(mse=f"{mse.item():.4f}", refresh=False)
+        evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+        if evaluate_now or step % LOG_EVERY == 0:
+            seconds = time.perf_counter() - window_start                # training time only, not evaluation
+            train_seconds += seconds
+            row = {"step": step, "train_mse": window_loss / window_n, "lr": learning_rate(step, cfg),
+                   "seconds": round(train_seconds, 2), "steps_per_second": round(window_n / seconds, 3),
+                   **{c: "" for c in HISTORY_COLUMNS[5:]}}
+            if evaluate_now and cfg.val_scenes:
+                val = evaluate(model, splits.val, device, masks=cfg.eval_masks)
+                model.train()
+                scores = {f"val_{k}": val[k] for k in ("fg_ari", "fg_ari_alpha", "fg_ari_posterior")}
+                row.update(scores, val_mse=val["mse"])
+                metrics.update(scores, val_mse=val["mse"])
+                if bar is not None:
+                    bar.set_postfix(mse=f"{row['train_mse']:.4f}", fg_ari_alpha=f"{val['fg_ari_alpha']:.3f}",
+                                    fg_ari_posterior=f"{val['fg_ari_posterior']:.3f}")
+                if echo is not None:
+                    echo(f"step {step}  train_mse {row['train_mse']:.5f}  val_fg_ari alpha "
+                         f"{val['fg_ari_alpha']:.4f} posterior {val['fg_ari_posterior']:.4f}  "
+                         f"{row['steps_per_second']:.2f} steps/s  {train_seconds:.0f} s")
+            rows.append(row)
+            write_history(out / "history.csv", rows)
+            if evaluate_now:
+                metrics.update(steps_done=step, train_seconds=round(train_seconds, 1))
+                write_json(out / "metrics.json", metrics)
+            window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+    return train_seconds
 
 
 def fit_black(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, progress: bool = True) -> DiscoveryRun | None:
