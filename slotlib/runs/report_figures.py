@@ -103,7 +103,7 @@ def plot_budget_curve(table: pd.DataFrame, marks: dict[str, str] | None = None, 
                         textcoords="offset points", ha="center", fontsize=8)
     if target is not None:
         ax.axhline(100 * target, ls="--", lw=0.8, color="grey")
-    ax.margins(y=0.12)   # room for the labels above the highest points
+    ax.margins(x=0.1, y=0.12)   # room for the labels above the highest points and beside the outermost
     ax.set(xlabel="training minutes per cell (validation included, final test excluded)", ylabel="test accuracy (%)",
            title="test accuracy against training time")
     ax.legend(fontsize=7, loc="lower right")
