@@ -1,5 +1,6 @@
 """SlotClassifier on a timm backbone: shapes, parameter counts, grid axes, weights (fast, CPU)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ from slotlib.classify.model import SlotClassifier, TokenRMSNorm, sine_position_e
 from slotlib.config import Config, ConfigError
 from slotlib.heads.scouter import area_loss
 
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights/mobilenetv2_100.tv_in1k_qnnpack_dequant.pth"
+# The offline ImageNet weights: where $SLOTLIB_WEIGHTS says (CI sets it), else ../shared/weights beside the clone.
+_WEIGHTS = Path(os.environ.get("SLOTLIB_WEIGHTS") or Path(__file__).resolve().parents[2] / "shared/weights")
+SHARED_WEIGHTS = _WEIGHTS if _WEIGHTS.is_file() else _WEIGHTS / "mobilenetv2_100.tv_in1k_qnnpack_dequant.pth"
 PX = 64
 
 
