@@ -66,6 +66,20 @@ def test_collect_rank_and_seed_summary(grid_dir):
     assert list(report.failed(table)["cell"]) == ["linear_seed1-dd"]
 
 
+def test_seed_summary_of_a_folder_without_a_grid_groups_cells_by_setting(tmp_path):
+    """Cells trained one by one (`slotlib train --out DIR/CELL`) have no grid.yaml: the settings are the
+    cell names less their seeds, not one mean over every cell."""
+    write_cell(tmp_path, "scouter_px96_seed0", "scouter", 0, 0.90, 0.89)
+    write_cell(tmp_path, "scouter_px96_seed1", "scouter", 1, 0.92, 0.90)
+    write_cell(tmp_path, "scouter_seed0", "scouter", 0, 0.80, 0.81)
+    table = report.collect(tmp_path)
+    assert report.grid_axes(tmp_path) == []
+    summary = report.seed_summary(table, [])
+    assert list(summary.index) == ["scouter_px96", "scouter"] and summary.index.name == "setting"
+    assert summary.loc["scouter_px96", "seeds"] == 2
+    assert summary.loc["scouter_px96", "test_mean"] == pytest.approx(0.895)
+
+
 def test_report_renders_html_with_plots(grid_dir, capsys):
     assert main(["report", str(grid_dir)]) == 0
     page = (grid_dir / "report.html").read_text()

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import ConfigError, grid_products
-from .folder import DamagedRunFile, cell_metrics, grid_copies, read_maps, read_metrics
+from .folder import DamagedRunFile, cell_metrics, config_of, grid_copies, read_maps, read_metrics
 from .grid import NOTEBOOKS, execute_notebook
 
 ANALYSIS_NOTEBOOK = NOTEBOOKS / "analysis.ipynb"
@@ -71,12 +71,14 @@ def ranked(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_summary(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """Mean and spread (sample std) over seeds of each setting, ranked by mean validation accuracy."""
+    """Mean and spread (sample std) over seeds of each setting, ranked by mean validation accuracy. Without
+    grid axes (cells trained one by one into a folder) a setting is a cell name less its seed."""
     done = table[table["status"] == "done"]
     keys = [a for a in axes if a != "seed"]
     if done.empty:
         return pd.DataFrame()
-    grouped = done.groupby(keys, dropna=False) if keys else done.assign(_all="all").groupby("_all")
+    grouped = (done.groupby(keys, dropna=False) if keys
+               else done.assign(setting=done["cell"].map(config_of)).groupby("setting"))
     out = grouped.agg(seeds=("cell", "count"), val_mean=("best_val_acc", "mean"), val_std=("best_val_acc", "std"),
                       test_mean=("test_acc", "mean"), test_std=("test_acc", "std"), n_params=("n_params", "first"))
     return out.sort_values("val_mean", ascending=False)
