@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/discovery_paired.py RUN_A RUN_B [--masks alpha|posterior]
 
-Then, for each run, where its wrong pixels lie: the share of object pixels on an object's edge (a 4-neighbour
-with another true label), the share of edge and of interior pixels given to a slot other than the one
-holding most of their object, and the masks' mean per-pixel entropy over slots (nats; 0 is one-hot) on
-object pixels and on background pixels.
+Then, for each run, where it goes wrong (``slotlib.discover.metrics.segmentation_errors``): the share of
+object pixels on an object's edge, the share of edge and of interior pixels given to a slot other than the
+one holding most of their object, the share of objects whose slot holds another object too, and the masks'
+mean per-pixel entropy over slots (nats; 0 is one-hot) on object pixels and on background pixels.
 
 Each folder is a finished run (``params.yaml`` and ``model.pt``, as ``slotlib train`` writes them).
 Both are evaluated as training's final test is (``slotlib.discover.metrics.evaluate``, slot samples from
@@ -23,7 +23,7 @@ from scipy.stats import wilcoxon
 
 from slotlib.config import DiscoveryConfig
 from slotlib.discover.fit import make_splits
-from slotlib.discover.metrics import evaluate, pixel_entropy, segmentation, slot_masks
+from slotlib.discover.metrics import evaluate, pixel_entropy, segmentation, segmentation_errors, slot_masks
 from slotlib.discover.model import SlotAutoEncoder
 from slotlib.runs.folder import load_checkpoint, read_params
 
@@ -36,23 +36,6 @@ def load(run: Path) -> tuple[DiscoveryConfig, SlotAutoEncoder]:
     model = SlotAutoEncoder.from_config(cfg)
     model.load_state_dict(load_checkpoint(run / "model.pt"))
     return cfg, model
-
-
-def edge_errors(true: np.ndarray, seg: np.ndarray) -> dict[str, float]:
-    """``true`` [N,H,W] object labels (0 background), ``seg`` [N,H,W] the slot owning each pixel."""
-    edge = np.zeros(true.shape, bool)
-    edge[:, 1:] |= true[:, 1:] != true[:, :-1]
-    edge[:, :-1] |= true[:, :-1] != true[:, 1:]
-    edge[:, :, 1:] |= true[:, :, 1:] != true[:, :, :-1]
-    edge[:, :, :-1] |= true[:, :, :-1] != true[:, :, 1:]
-    wrong = np.zeros(true.shape, bool)
-    for i in range(len(true)):
-        for label in np.unique(true[i])[1:]:
-            here = true[i] == label
-            wrong[i][here] = seg[i][here] != np.bincount(seg[i][here]).argmax()   # not its object's own slot
-    objects = true > 0
-    return {"edge share": edge[objects].mean(), "edge wrong": wrong[objects & edge].mean(),
-            "interior wrong": wrong[objects & ~edge].mean()}
 
 
 def main() -> None:
@@ -75,7 +58,7 @@ def main() -> None:
           f"Wilcoxon signed-rank p = {p:.2g}")
     for name, ev in (("A", ev_a), ("B", ev_b)):
         seg = segmentation(slot_masks(ev["output"], args.masks))
-        where = ", ".join(f"{k} {v:.3f}" for k, v in edge_errors(test.masks, seg).items())
+        where = ", ".join(f"{k} {v:.3f}" for k, v in segmentation_errors(test.masks, seg).items())
         entropy = pixel_entropy(ev["output"].masks).numpy()             # [N,H,W] nats
         print(f"{name}: {where}; mask entropy {entropy[test.masks > 0].mean():.3f} nats on objects, "
               f"{entropy[test.masks == 0].mean():.3f} on the background")

@@ -34,7 +34,7 @@ def one_thread():
 TINY = dict(num_slots=3, slot_dim=16, mlp_hidden=16, slot_iters=2, enc_channels=8, dec_channels=8)
 
 
-@pytest.mark.parametrize("size,stride,broadcast", [(32, 2, 8), (32, 1, 32), (64, 2, 8)])
+@pytest.mark.parametrize("size,stride,broadcast", [(32, 2, 8), (32, 1, 32), (64, 2, 8), (64, 4, 8)])
 def test_output_shapes(size, stride, broadcast):
     model = SlotAutoEncoder(size, enc_stride=stride, dec_broadcast=broadcast, **TINY)
     out = model(torch.randn(2, 3, size, size))
@@ -217,6 +217,8 @@ def test_few_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
     assert run.metrics["test_mse"] < 0.5 * before
     assert -1 <= run.metrics["val_fg_ari"] <= 1 and -1 <= run.metrics["fg_ari"] <= 1
     assert run.metrics["fg_ari"] == run.metrics["fg_ari_alpha"] and -1 <= run.metrics["fg_ari_posterior"] <= 1
+    for kind in ("alpha", "posterior"):                 # where the readouts go wrong (segmentation_errors)
+        assert all(0 <= run.metrics[f"{kind}_{k}"] <= 1 for k in ("edge_wrong", "interior_wrong", "objects_merged"))
     assert {"params.yaml", "history.csv", "metrics.json", "model.pt", "masks.npz"} <= {p.name for p in tmp_path.iterdir()}
     assert [r["step"] for r in run.history if not np.isnan(r["val_fg_ari"])] == [15, 30]
     again = discovery.fit(cfg, tmp_path, progress=False)  # a finished folder is loaded, not retrained
@@ -245,6 +247,22 @@ def test_mask_samples_are_the_test_scenes_the_mean_is_made_of(tmp_path):
     assert np.array_equal(read_mask_samples(tmp_path)["alpha_segmentation"], samples["alpha_segmentation"])
 
 
+def test_segmentation_errors_by_hand():
+    """A 1x10 strip: objects 1 and 2 touch and share slot 1 (both merged); object 3 holds slot 2, but its
+    right edge pixel goes to the background's slot 0. A tie for an object's own slot goes to the lower slot."""
+    from slotlib.discover.metrics import segmentation_errors
+
+    true = np.array([[[0, 1, 1, 2, 2, 0, 3, 3, 3, 0]]])
+    seg = np.array([[[0, 1, 1, 1, 1, 0, 2, 2, 0, 0]]])
+    got = segmentation_errors(true, seg)
+    assert got["edge share"] == pytest.approx(6 / 7)                     # all object pixels but object 3's middle
+    assert got["edge wrong"] == pytest.approx(1 / 6)
+    assert got["interior wrong"] == 0.0
+    assert got["objects merged"] == pytest.approx(2 / 3)
+    ties = np.array([[[5, 1, 2, 3, 4, 5, 1, 6, 7, 5]]])                 # objects 1 and 3 both tie -> slot 1
+    assert segmentation_errors(true, ties)["objects merged"] == pytest.approx(2 / 3)
+
+
 def test_mean_colour_is_in_the_input_range():
     images = np.zeros((5, 4, 4, 3), np.uint8)
     images[:, :, :, 1] = 255
@@ -271,6 +289,29 @@ def test_paintings_start_at_the_training_scenes_mean_colour(tmp_path, monkeypatc
     alpha_bias = model.decoder.net[-1].bias[3].item()
     model.start_colour(torch.tensor([-0.8, 0.1, 0.5]))
     assert torch.allclose(model.decoder.net[-1].bias, torch.tensor([-0.8, 0.1, 0.5, alpha_bias]))
+
+
+def test_image_colour_offsets_every_painting_by_the_images_mean_colour(tmp_path, monkeypatch):
+    """dec_colour_init 'image': the decoder paints relative to each image's own mean colour (and its RGB
+    bias is not started at the scenes' mean), so a decoder that outputs zero reconstructs that colour."""
+    model = SlotAutoEncoder(32, image_colour=True, **TINY)
+    last = model.decoder.net[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)                                     # every slot paints 0, alphas equal
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(image)
+    mean = image.mean((2, 3))                                           # [B,3]
+    assert torch.allclose(out.recon, mean[:, :, None, None].expand_as(image), atol=1e-6)
+    assert torch.allclose(out.rgb, mean[:, None, :, None, None].expand_as(out.rgb), atol=1e-6)
+    plain = SlotAutoEncoder(32, **TINY)
+    plain.load_state_dict(model.state_dict())                           # same parameters, no offset
+    assert torch.allclose(plain(image).recon, torch.zeros_like(image), atol=1e-6)
+
+    started = []
+    monkeypatch.setattr(SlotAutoEncoder, "start_colour", lambda self, mean: started.append(mean))
+    run = discovery.fit(tiny_config(background="colour", steps=1, eval_every=0, dec_colour_init="image"), tmp_path,
+                        progress=False)
+    assert started == [] and run.model.image_colour
 
 
 def test_mask_entropy_is_log_slots_when_shared_and_zero_when_owned():
@@ -327,7 +368,7 @@ def test_config_rejects_bad_values_in_one_sentence():
         DiscoveryConfig.from_params({"dec_broadcast": 6})
     with pytest.raises(ConfigError, match=r"^parameter 'eval_masks' must be 'alpha' or 'posterior'.*got 'soft'$"):
         DiscoveryConfig.from_params({"eval_masks": "soft"})
-    with pytest.raises(ConfigError, match=r"^parameter 'dec_colour_init' must be 'mean' or 'zero'.*got 'grey'$"):
+    with pytest.raises(ConfigError, match=r"^parameter 'dec_colour_init' must be 'mean', 'zero' or 'image'.*got 'grey'$"):
         DiscoveryConfig.from_params({"dec_colour_init": "grey"})
     with pytest.raises(ConfigError, match=r"^parameter 'mask_entropy' must be a number >= 0.*got -0.1$"):
         DiscoveryConfig.from_params({"mask_entropy": -0.1})

@@ -49,12 +49,14 @@ class DiscoveryConfig:
     bilevel: bool = param(True, "backpropagate through the last slot iteration only, straight through to the "
                        "initial slots (BO-QSA); false: through every iteration, as in the paper")
     enc_channels: int = param(32, "channels of the 4 encoder convs (5x5)")
-    enc_stride: int = param(2, "stride of the first encoder conv: 1 attends over every pixel, 2 over a 4x smaller grid")
+    enc_stride: int = param(2, "stride of the first encoder conv: 1 attends to every pixel, 2 or 4 to a 4x or 16x smaller grid")
     enc_kernel: int = param(5, "kernel size of the encoder convs (odd); small keeps tokens close to their pixel colour")
     dec_channels: int = param(16, "channels of the spatial-broadcast decoder")
     dec_broadcast: int = param(8, "grid the decoder broadcasts each slot on; stride-2 transposed convs reach the image size")
     dec_colour_init: str = param("mean", "where each slot's painted colour starts: 'mean' (the training scenes' mean colour, "
-                                 "so a black background is not learnt first) or 'zero' (the paper's: mid-grey)",
+                                 "so a black background is not learnt first), 'zero' (the paper's: mid-grey) or "
+                                 "'image' (each image's own mean colour, added to every painting: for backgrounds "
+                                 "whose colour changes from scene to scene)",
                                  unhashed_at="zero")
     # training
     mask_entropy: float = param(0.0, "weight of the alpha masks' per-pixel entropy over slots (nats, mean over pixels) "
@@ -88,12 +90,13 @@ class DiscoveryConfig:
             require(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
         require(self.eval_masks in ("alpha", "posterior"), "eval_masks", self.eval_masks, "'alpha' or 'posterior'")
         require(self.slot_init in ("per_slot", "shared"), "slot_init", self.slot_init, "'per_slot' or 'shared'")
-        require(self.enc_stride in (1, 2), "enc_stride", self.enc_stride, "1 or 2")
+        require(self.enc_stride in (1, 2, 4), "enc_stride", self.enc_stride, "1, 2 or 4")
         require(self.enc_kernel in (1, 3, 5, 7), "enc_kernel", self.enc_kernel, "1, 3, 5 or 7")
         sides = [self.image_size >> k for k in range(6) if self.image_size >> k >= 4]
         require(self.dec_broadcast in sides, "dec_broadcast", self.dec_broadcast,
                  f"the image size divided by a power of two, one of {', '.join(map(str, sides))}")
-        require(self.dec_colour_init in ("mean", "zero"), "dec_colour_init", self.dec_colour_init, "'mean' or 'zero'")
+        require(self.dec_colour_init in ("mean", "zero", "image"), "dec_colour_init", self.dec_colour_init,
+                "'mean', 'zero' or 'image'")
         require(self.lr > 0, "lr", self.lr, "a number > 0")
         require(self.mask_entropy >= 0, "mask_entropy", self.mask_entropy, "a number >= 0")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "null or a number > 0")

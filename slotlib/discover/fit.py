@@ -24,7 +24,7 @@ from ..data.scenes import Scenes, make_scenes
 from ..runs.files import save_torch_atomic, write_atomic, write_csv, write_json, write_npz_atomic
 from ..runs.folder import MASK_SAMPLES, load_checkpoint, read_history, read_metrics
 from ..runtime import NonFiniteLossError, flushing_denormals, resolve_device
-from .metrics import evaluate, mask_samples, pixel_entropy, sample_arrays, to_input
+from .metrics import error_metrics, evaluate, mask_samples, pixel_entropy, sample_arrays, to_input
 from .model import SlotAutoEncoder
 
 if TYPE_CHECKING:
@@ -157,6 +157,7 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
                            steps_done=cfg.steps, train_seconds=round(train_seconds, 1),
                            fg_ari=test["fg_ari"], fg_ari_std=test["fg_ari_std"], fg_ari_alpha=test["fg_ari_alpha"],
                            fg_ari_posterior=test["fg_ari_posterior"], test_mse=test["mse"],
+                           **error_metrics(splits.test.masks, test["output"]),
                            wall_seconds=round(time.perf_counter() - start, 1),
                            steps_per_second=round(cfg.steps / train_seconds, 3))
             write_json(out / "metrics.json", metrics)

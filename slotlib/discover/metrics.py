@@ -103,6 +103,41 @@ def segmentation(masks: torch.Tensor) -> np.ndarray:
     return masks[:, :, 0].argmax(1).numpy()
 
 
+def segmentation_errors(true: np.ndarray, seg: np.ndarray) -> dict[str, float]:
+    """Where a segmentation goes wrong: ``true`` [B,H,W] object labels (0 background), ``seg`` [B,H,W] slots.
+
+    Each object's own slot is the one holding most of its pixels (ties: the lower slot). ``edge share``:
+    the share of object pixels on an edge (a 4-neighbour with another true label); ``edge wrong`` and
+    ``interior wrong``: the share of edge and of interior object pixels given to a slot other than their
+    object's own; ``objects merged``: the share of objects whose own slot is also another object's own
+    (two objects in one slot, which the pixel shares do not show). NaN where there is nothing to count.
+    """
+    edge = np.zeros(true.shape, bool)
+    edge[:, 1:] |= true[:, 1:] != true[:, :-1]
+    edge[:, :-1] |= true[:, :-1] != true[:, 1:]
+    edge[:, :, 1:] |= true[:, :, 1:] != true[:, :, :-1]
+    edge[:, :, :-1] |= true[:, :, :-1] != true[:, :, 1:]
+    wrong = np.zeros(true.shape, bool)
+    merged = objects_seen = 0
+    for i in range(len(true)):
+        own = []
+        for label in np.unique(true[i])[1:]:
+            here = true[i] == label
+            own.append(np.bincount(seg[i][here]).argmax())
+            wrong[i][here] = seg[i][here] != own[-1]
+        counts = np.bincount(own) if own else np.zeros(0, int)
+        merged += int(counts[counts > 1].sum())
+        objects_seen += len(own)
+    objects = true > 0
+
+    def share(x: np.ndarray) -> float:
+        return float(x.mean()) if x.size else float("nan")
+
+    return {"edge share": share(edge[objects]), "edge wrong": share(wrong[objects & edge]),
+            "interior wrong": share(wrong[objects & ~edge]),
+            "objects merged": merged / objects_seen if objects_seen else float("nan")}
+
+
 def pixel_entropy(masks: torch.Tensor) -> torch.Tensor:
     """Soft masks [B,S,1,H,W] -> each pixel's entropy over slots, nats [B,H,W]: log S if all share it, 0 if one does."""
     return -(masks * masks.clamp_min(1e-12).log()).sum((1, 2))
@@ -111,6 +146,16 @@ def pixel_entropy(masks: torch.Tensor) -> torch.Tensor:
 def fg_ari_by_readout(true_masks: np.ndarray, out: Output) -> dict[str, np.ndarray]:
     """FG-ARI per scene [B] of each readout in ``MASKS``."""
     return {kind: fg_ari(true_masks, slot_masks(out, kind)) for kind in MASKS}
+
+
+def error_metrics(true_masks: np.ndarray, out: Output) -> dict[str, float]:
+    """:func:`segmentation_errors` of each readout in ``MASKS``, as flat metrics.json keys
+    (``alpha_edge_wrong``, ``alpha_interior_wrong``, ``alpha_objects_merged``, the same for ``posterior``)."""
+    flat = {}
+    for kind in MASKS:
+        errors = segmentation_errors(true_masks, segmentation(slot_masks(out, kind)))
+        flat.update({f"{kind}_{k.replace(' ', '_')}": round(v, 4) for k, v in errors.items() if k != "edge share"})
+    return flat
 
 
 def evaluate(model: SlotAutoEncoder, scenes: Scenes, device: torch.device | str = "cpu",

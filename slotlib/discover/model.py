@@ -144,9 +144,10 @@ class SlotAutoEncoder(nn.Module):
     def __init__(self, image_size: int = 32, num_slots: int = 6, slot_dim: int = 64, slot_iters: int = 3,
                  mlp_hidden: int = 128, enc_channels: int = 32, enc_stride: int = 2, dec_channels: int = 16,
                  dec_broadcast: int = 8, enc_kernel: int = 5, slot_init: str = "shared", bilevel: bool = False,
-                 eval_iters: int = 0) -> None:
+                 eval_iters: int = 0, image_colour: bool = False) -> None:
         super().__init__()
         self.eval_iters = eval_iters                                    # 0: as many as in training
+        self.image_colour = image_colour                                # paintings offset by the image's mean colour
         self.encoder = Encoder(image_size, enc_channels, slot_dim, enc_stride, enc_kernel)
         # Fresh samples every forward pass, in evaluation too: from one shared Gaussian (the paper's
         # exchangeable slots) or from one learned Gaussian per slot (BO-QSA's learned queries, plus noise).
@@ -158,7 +159,7 @@ class SlotAutoEncoder(nn.Module):
     def from_config(cls, cfg: "DiscoveryConfig") -> "SlotAutoEncoder":
         return cls(cfg.image_size, cfg.num_slots, cfg.slot_dim, cfg.slot_iters, cfg.mlp_hidden, cfg.enc_channels,
                    cfg.enc_stride, cfg.dec_channels, cfg.dec_broadcast, cfg.enc_kernel, cfg.slot_init, cfg.bilevel,
-                   cfg.eval_iters)
+                   cfg.eval_iters, image_colour=cfg.dec_colour_init == "image")
 
     @torch.no_grad()
     def start_colour(self, mean: torch.Tensor) -> None:
@@ -172,11 +173,19 @@ class SlotAutoEncoder(nn.Module):
         self.decoder.net[-1].bias[:3] = mean.to(self.decoder.net[-1].bias)
 
     def forward(self, image: torch.Tensor) -> Output:
-        """In eval mode slot attention runs ``eval_iters`` iterations (when set), in train mode ``slot_iters``."""
+        """In eval mode slot attention runs ``eval_iters`` iterations (when set), in train mode ``slot_iters``.
+
+        With ``image_colour`` every slot's painting is offset by the input image's mean colour (3 numbers
+        per image that bypass the slots): on scenes whose background colour changes from scene to scene
+        the slots need not all learn to carry it first, which kept them painting the background alone
+        for thousands of steps (docs/results.md, "Multi-dSprites-style scenes").
+        """
         tokens = self.encoder(image)                                    # [B,N,D]
         iters = None if self.training else self.eval_iters or None
         slots, attn = self.attention(tokens, self.init(image.shape[0]), iters)  # [B,S,D], [B,S,N]
         rgb, alpha = self.decoder(slots)                                # [B,S,3,H,W], [B,S,1,H,W]
+        if self.image_colour:           # the scene's own colour cast comes free; the slots paint what differs
+            rgb = rgb + image.mean((2, 3))[:, None, :, None, None]      # + [B,1,3,1,1]
         recon, masks = compose(rgb, alpha)                              # [B,3,H,W], [B,S,1,H,W]
         posterior = posterior_masks(image, recon, rgb, masks)           # [B,S,1,H,W]
         return Output(recon=recon, rgb=rgb, masks=masks, posterior=posterior, slots=slots, attn=attn)

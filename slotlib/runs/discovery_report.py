@@ -20,7 +20,9 @@ import pandas as pd
 from .folder import cell_metrics, config_of, read_history, seed_of
 
 RESULT_COLUMNS = ["val_fg_ari", "fg_ari", "fg_ari_alpha", "fg_ari_posterior", "fg_ari_std", "test_mse", "steps_done",
-                  "steps_per_second", "n_params", "black_fg_ari_alpha", "black_fg_ari_posterior"]
+                  "steps_per_second", "n_params", "black_fg_ari_alpha", "black_fg_ari_posterior",
+                  "alpha_edge_wrong", "alpha_objects_merged"]   # the last two: segmentation_errors, newer runs only
+OPTIONAL = ("black_fg_ari_alpha", "black_fg_ari_posterior", "alpha_edge_wrong", "alpha_objects_merged")
 READOUTS = ("alpha", "posterior")
 
 
@@ -41,7 +43,7 @@ def collect(runs_dir: str | os.PathLike) -> pd.DataFrame:
                      "error": m.get("error")})
     columns = ["cell", "setting", "seed", "status", "eval_masks", *RESULT_COLUMNS, "train_minutes", "error"]
     table = pd.DataFrame(rows, columns=columns)
-    return table.drop(columns=[c for c in ("black_fg_ari_alpha", "black_fg_ari_posterior") if table[c].isna().all()])
+    return table.drop(columns=[c for c in OPTIONAL if table[c].isna().all()])
 
 
 def ranked(table: pd.DataFrame) -> pd.DataFrame:
