@@ -19,10 +19,10 @@ import pandas as pd
 
 from .folder import cell_metrics, config_of, read_history, seed_of
 
-RESULT_COLUMNS = ["val_fg_ari", "fg_ari", "fg_ari_alpha", "fg_ari_posterior", "fg_ari_std", "test_mse", "steps_done",
-                  "steps_per_second", "n_params", "black_fg_ari_alpha", "black_fg_ari_posterior",
-                  "alpha_edge_wrong", "alpha_objects_merged"]   # the last two: segmentation_errors, newer runs only
+# Only some cells have these (a black control; segmentation_errors, runs from 2026-12-06): dropped where none has.
 OPTIONAL = ("black_fg_ari_alpha", "black_fg_ari_posterior", "alpha_edge_wrong", "alpha_objects_merged")
+RESULT_COLUMNS = ["val_fg_ari", "fg_ari", "fg_ari_alpha", "fg_ari_posterior", "fg_ari_std", "test_mse", "steps_done",
+                  "steps_per_second", "n_params", *OPTIONAL]
 READOUTS = ("alpha", "posterior")
 
 
