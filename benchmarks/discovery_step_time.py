@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import yaml
@@ -72,9 +73,12 @@ def main() -> None:
     ap.add_argument("sets", nargs="*", help="KEY=VALUE overrides of the base, as slotlib's --set")
     ap.add_argument("--variant", action="append", default=[], help="KEY=VALUE[,KEY=VALUE...] on top of the base")
     args = ap.parse_args()
-    base = (yaml.safe_load(open(args.params_file)) or {}).get("base") or {}
+    base = (yaml.safe_load(Path(args.params_file).read_text()) or {}).get("base") or {}
 
     def pairs(items: list[str]) -> dict:
+        bad = [item for item in items if item and "=" not in item]
+        if bad:
+            ap.error(f"{bad[0]!r} is not KEY=VALUE (for example image_size=32)")
         return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items if item)}
 
     base = {**base, **pairs(args.sets)}
