@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-import yaml
 
-from slotlib.config import DiscoveryConfig
+from slotlib.config import ConfigError, DiscoveryConfig, load_params_file, parse_set
 from slotlib.discover.model import SlotAutoEncoder
 
 
@@ -73,19 +71,14 @@ def main() -> None:
     ap.add_argument("sets", nargs="*", help="KEY=VALUE overrides of the base, as slotlib's --set")
     ap.add_argument("--variant", action="append", default=[], help="KEY=VALUE[,KEY=VALUE...] on top of the base")
     args = ap.parse_args()
-    base = (yaml.safe_load(Path(args.params_file).read_text()) or {}).get("base") or {}
-
-    def pairs(items: list[str]) -> dict:
-        bad = [item for item in items if item and "=" not in item]
-        if bad:
-            ap.error(f"{bad[0]!r} is not KEY=VALUE (for example image_size=32)")
-        return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items if item)}
-
-    base = {**base, **pairs(args.sets)}
+    try:                                    # the project's own reader and --set parser, so bad input reads the same
+        base = {**load_params_file(args.params_file).base, **parse_set(args.sets)}
+        variants = [{}, *(parse_set(v.split(",")) for v in args.variant)]
+        configs = [DiscoveryConfig.from_params({**base, **changes}, where=args.params_file) for changes in variants]
+    except ConfigError as err:                              # every variant checked before any is timed
+        ap.error(str(err))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seconds of forward + backward")
-    for variant in ["", *args.variant]:
-        changes = pairs(variant.split(","))
-        cfg = DiscoveryConfig.from_params({**base, **changes}, where=args.params_file)
+    for changes, cfg in zip(variants, configs):
         times = parts(cfg)
         label = ", ".join(f"{k}={v}" for k, v in changes.items()) or "base"
         print(f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in times.items())
