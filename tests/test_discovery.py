@@ -18,7 +18,7 @@ from slotlib.config import Config, ConfigError, DiscoveryConfig, from_namespace,
 from slotlib.discover import fit as discovery
 from slotlib.discover.metrics import adjusted_rand_index, fg_ari
 from slotlib.discover.metrics import evaluate as discovery_evaluate
-from slotlib.discover.model import SlotAutoEncoder, compose, posterior_masks
+from slotlib.discover.model import BroadcastDecoder, SlotAutoEncoder, compose, posterior_masks
 from slotlib.layers.slot_attention import GaussianSlots, SlotAttention
 
 
@@ -42,6 +42,28 @@ def test_output_shapes(size, stride, broadcast):
     assert out.recon.shape == (2, 3, size, size)
     assert out.rgb.shape == (2, 3, 3, size, size) and out.masks.shape == out.posterior.shape == (2, 3, 1, size, size)
     assert out.slots.shape == (2, 3, 16) and out.attn.shape == (2, 3, n)
+
+
+def test_a_decoder_painting_below_the_image_size_upsamples_rgb_and_alpha_logits():
+    """dec_size 32 at 64 px: the convs stop at 32 and their 4 channels are interpolated, so the softmax
+    over slots (in compose) still decides every full-size pixel."""
+    torch.manual_seed(0)
+    decoder = BroadcastDecoder(64, 16, 8, 8, paint_size=32)
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in decoder.net) == 2       # 8 -> 16 -> 32
+    slots = torch.randn(2, 3, 16)
+    rgb, alpha = decoder(slots)
+    assert rgb.shape == (2, 3, 3, 64, 64) and alpha.shape == (2, 3, 1, 64, 64)
+    x = decoder.pos(slots.reshape(6, 1, 1, 16).expand(-1, 8, 8, -1)).permute(0, 3, 1, 2)
+    small = decoder.net(x)                                                               # [6,4,32,32]
+    assert small.shape == (6, 4, 32, 32)
+    big = torch.nn.functional.interpolate(small, size=64, mode="bilinear", align_corners=False).view(2, 3, 4, 64, 64)
+    assert torch.allclose(alpha, big[:, :, 3:], atol=1e-6) and torch.allclose(rgb, big[:, :, :3], atol=1e-6)
+    model = SlotAutoEncoder(64, enc_stride=4, dec_size=32, **TINY)
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.masks.shape == out.posterior.shape == (2, 3, 1, 64, 64) and out.attn.shape == (2, 3, 256)
+    assert torch.allclose(out.masks.sum(1), torch.ones(2, 1, 64, 64), atol=1e-5)
+    full = SlotAutoEncoder(64, enc_stride=4, dec_size=64, **TINY)                        # the image size: no resize
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in full.decoder.net) == 3
 
 
 def test_masks_and_attention_sum_to_one_over_slots():
@@ -366,6 +388,13 @@ def test_config_rejects_bad_values_in_one_sentence():
         DiscoveryConfig.from_params({"num_slot": 4})
     with pytest.raises(ConfigError, match="'dec_broadcast' must be the image size divided by a power of two"):
         DiscoveryConfig.from_params({"dec_broadcast": 6})
+    with pytest.raises(ConfigError, match=r"^parameter 'dec_size' must be 0 \(the image size\) or a size the "
+                       r"broadcast grid 8 doubles to, one of 64, 32, 16, 8, got 48$"):
+        DiscoveryConfig.from_params({"image_size": 64, "dec_size": 48})
+    with pytest.raises(ConfigError, match=r"^parameter 'dec_size' .* one of 32, 16, got 8$"):
+        DiscoveryConfig.from_params({"dec_broadcast": 16, "dec_size": 8})         # below the broadcast grid
+    assert DiscoveryConfig.from_params({"dec_size": 0}).digest() == DiscoveryConfig().digest()      # old ids
+    assert DiscoveryConfig.from_params({"dec_size": 16}).digest() != DiscoveryConfig().digest()
     with pytest.raises(ConfigError, match=r"^parameter 'eval_masks' must be 'alpha' or 'posterior'.*got 'soft'$"):
         DiscoveryConfig.from_params({"eval_masks": "soft"})
     with pytest.raises(ConfigError, match=r"^parameter 'dec_colour_init' must be 'mean', 'zero' or 'image'.*got 'grey'$"):

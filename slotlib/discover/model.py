@@ -73,17 +73,21 @@ class Encoder(nn.Module):
 class BroadcastDecoder(nn.Module):
     """Spatial broadcast: each slot tiled on a ``broadcast`` grid, position-embedded, upsampled to RGB + alpha.
 
-    ``log2(image_size / broadcast)`` stride-2 transposed convs 5x5 reach the image size, then a
-    3x3 conv gives 4 channels. A broadcast equal to the image size uses plain 5x5 convs instead.
+    ``log2(paint_size / broadcast)`` stride-2 transposed convs 5x5 reach ``paint_size`` (0: the image
+    size), then a 3x3 conv gives 4 channels. A broadcast equal to that size uses plain 5x5 convs
+    instead. Below the image size the 4 channels (RGB and the alpha *logits*, so the softmax over
+    slots still decides each full-size pixel) are upsampled bilinearly to it: on a CPU the decoder's
+    full-size convs are most of a 64 px step (docs/results.md, "Multi-dSprites-style scenes").
     """
 
-    def __init__(self, image_size: int, dim: int, channels: int, broadcast: int) -> None:
+    def __init__(self, image_size: int, dim: int, channels: int, broadcast: int, paint_size: int = 0) -> None:
         super().__init__()
-        self.broadcast = broadcast
+        self.broadcast, self.image_size = broadcast, image_size
+        paint_size = paint_size or image_size
         self.pos = SoftPositionEmbed(dim, (broadcast, broadcast))
         layers: list[nn.Module] = []
         c_in, side = dim, broadcast
-        while side < image_size:
+        while side < paint_size:
             layers += [nn.ConvTranspose2d(c_in, channels, 5, 2, 2, output_padding=1), nn.ReLU(inplace=True)]
             c_in, side = channels, side * 2
         if not layers:
@@ -97,7 +101,9 @@ class BroadcastDecoder(nn.Module):
         g = self.broadcast
         x = slots.reshape(b * s, 1, 1, d).expand(-1, g, g, -1)          # [B*S,g,g,D] the same vector everywhere
         x = self.pos(x).permute(0, 3, 1, 2)                             # [B*S,D,g,g] position makes it a picture
-        out = self.net(x)                                               # [B*S,4,H,W]
+        out = self.net(x)                                               # [B*S,4,h,w] h = paint_size
+        if out.shape[-1] != self.image_size:                            # RGB and alpha logits to full size
+            out = nn.functional.interpolate(out, size=self.image_size, mode="bilinear", align_corners=False)
         out = out.view(b, s, 4, *out.shape[-2:])                        # [B,S,4,H,W]
         return out[:, :, :3], out[:, :, 3:]                             # rgb [B,S,3,H,W], alpha [B,S,1,H,W]
 
@@ -144,7 +150,7 @@ class SlotAutoEncoder(nn.Module):
     def __init__(self, image_size: int = 32, num_slots: int = 6, slot_dim: int = 64, slot_iters: int = 3,
                  mlp_hidden: int = 128, enc_channels: int = 32, enc_stride: int = 2, dec_channels: int = 16,
                  dec_broadcast: int = 8, enc_kernel: int = 5, slot_init: str = "shared", bilevel: bool = False,
-                 eval_iters: int = 0, image_colour: bool = False) -> None:
+                 eval_iters: int = 0, image_colour: bool = False, dec_size: int = 0) -> None:
         super().__init__()
         self.eval_iters = eval_iters                                    # 0: as many as in training
         self.image_colour = image_colour                                # paintings offset by the image's mean colour
@@ -153,13 +159,13 @@ class SlotAutoEncoder(nn.Module):
         # exchangeable slots) or from one learned Gaussian per slot (BO-QSA's learned queries, plus noise).
         self.init = GaussianSlots(num_slots, slot_dim, per_slot=slot_init == "per_slot", sample_in_eval=True)
         self.attention = SlotAttention(slot_dim, slot_iters, mlp_hidden, bilevel=bilevel)
-        self.decoder = BroadcastDecoder(image_size, slot_dim, dec_channels, dec_broadcast)
+        self.decoder = BroadcastDecoder(image_size, slot_dim, dec_channels, dec_broadcast, dec_size)
 
     @classmethod
     def from_config(cls, cfg: "DiscoveryConfig") -> "SlotAutoEncoder":
         return cls(cfg.image_size, cfg.num_slots, cfg.slot_dim, cfg.slot_iters, cfg.mlp_hidden, cfg.enc_channels,
                    cfg.enc_stride, cfg.dec_channels, cfg.dec_broadcast, cfg.enc_kernel, cfg.slot_init, cfg.bilevel,
-                   cfg.eval_iters, image_colour=cfg.dec_colour_init == "image")
+                   cfg.eval_iters, image_colour=cfg.dec_colour_init == "image", dec_size=cfg.dec_size)
 
     @torch.no_grad()
     def start_colour(self, mean: torch.Tensor) -> None:
