@@ -82,7 +82,7 @@ def headline(table: pd.DataFrame) -> str:
 
 
 def first_seed_per_setting(table: pd.DataFrame) -> list[str]:
-    """The finished cell with the smallest seed number of each setting, best setting first: whose masks the report draws."""
+    """Per setting, best first, the finished cell with the smallest seed number: whose masks the report draws."""
     order = list(seed_summary(table).get("setting", []))
     done = table[table["status"] == "done"].sort_values(["seed", "cell"], na_position="last")
     firsts = done.drop_duplicates("setting").set_index("setting")["cell"]
