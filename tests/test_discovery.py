@@ -53,9 +53,11 @@ def test_a_decoder_painting_below_the_image_size_upsamples_rgb_and_alpha_logits(
     slots = torch.randn(2, 3, 16)
     rgb, alpha = decoder(slots)
     assert rgb.shape == (2, 3, 3, 64, 64) and alpha.shape == (2, 3, 1, 64, 64)
-    x = decoder.pos(slots.reshape(6, 1, 1, 16).expand(-1, 8, 8, -1)).permute(0, 3, 1, 2)
-    small = decoder.net(x)                                                               # [6,4,32,32]
-    assert small.shape == (6, 4, 32, 32)
+    at32 = BroadcastDecoder(32, 16, 8, 8)                           # the same weights in a 32 px model's decoder
+    at32.load_state_dict(decoder.state_dict())
+    rgb32, alpha32 = at32(slots)
+    assert alpha32.shape == (2, 3, 1, 32, 32)
+    small = torch.cat([rgb32, alpha32], 2).flatten(0, 1)                                # [6,4,32,32]
     big = torch.nn.functional.interpolate(small, size=64, mode="bilinear", align_corners=False).view(2, 3, 4, 64, 64)
     assert torch.allclose(alpha, big[:, :, 3:], atol=1e-6) and torch.allclose(rgb, big[:, :, :3], atol=1e-6)
     model = SlotAutoEncoder(64, enc_stride=4, dec_size=32, **TINY)
