@@ -189,6 +189,9 @@ def test_discovery_table_ranks_on_validation_and_summarises_seeds(discovery_dir)
     assert summary.loc[0, "train_minutes"] == pytest.approx(11)
     assert list(dr.ranked(table)["cell"]) == ["seed0-aa", "seed1-bb", "black_seed0-cc"]
     assert dr.first_seed_per_setting(table) == ["seed0-aa", "black_seed0-cc"]
+    assert dr.drawn_cells(table) == [("seed0-aa", "the smallest seed number"),      # the worst seed is drawn too
+                                     ("seed1-bb", "the lowest test FG-ARI of the setting's 2 seeds"),
+                                     ("black_seed0-cc", "its only seed")]
     assert "base</b> (2 seeds): <b>test FG-ARI 0.750 ± 0.071 with alpha masks" in dr.headline(table)
     fig = dr.plot_fg_ari_minutes(discovery_dir, table)
     lines = fig.axes[0].get_lines()
@@ -205,7 +208,17 @@ def test_report_of_an_object_discovery_grid(discovery_dir):
     from slotlib.runs.discovery_report import mask_folders
     assert [title for title, _ in mask_folders(discovery_dir, "seed0-aa")] == [
         "seed0-aa", "seed0-aa, its black-background control"]       # the control's title names it
+    assert "seed1-bb (the lowest test FG-ARI of the setting" in page   # drawn, here without its masks.npz
     assert "Traceback" not in page and "<script src" not in page
+
+
+def test_the_report_draws_a_settings_worst_seed_once_when_it_is_the_smallest(tmp_path):
+    from slotlib.runs import discovery_report as dr
+
+    write_discovery_cell(tmp_path, "seed0-aa", 0.50, 0.60, 10)
+    write_discovery_cell(tmp_path, "seed1-bb", 0.70, 0.80, 10)
+    write_discovery_cell(tmp_path, "seed2-cc", 0.90, 0.95, 10)
+    assert dr.drawn_cells(dr.collect(tmp_path)) == [("seed0-aa", "the smallest seed number")]
 
 
 def test_a_damaged_masks_file_is_named_and_the_report_goes_on(discovery_dir):

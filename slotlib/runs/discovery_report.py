@@ -89,12 +89,28 @@ def first_seed_per_setting(table: pd.DataFrame) -> list[str]:
     return [firsts[s] for s in order]
 
 
-def mask_folders(runs_dir: str | os.PathLike, cell: str) -> list[tuple[str, Path]]:
-    """The folders whose masks.npz the report draws for ``cell``, each with its title: the cell's, then
-    its black-background control's (``black/``, written where the cell ran one: ``black_steps``)."""
+def drawn_cells(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The cells whose masks the report draws, each with why, per setting best first: the finished cell with
+    the smallest seed number and, where the setting has more seeds, the one with the lowest test FG-ARI of its
+    headline readout (``fg_ari``), so a seed that failed is seen, not averaged away."""
+    done = table[table["status"] == "done"]
+    drawn = []
+    for setting, first in zip(seed_summary(table).get("setting", []), first_seed_per_setting(table)):
+        seeds = done[done["setting"] == setting]
+        drawn.append((first, "the smallest seed number" if len(seeds) > 1 else "its only seed"))
+        worst = seeds.sort_values(["fg_ari", "cell"]).iloc[0]
+        if len(seeds) > 1 and worst["cell"] != first:
+            drawn.append((worst["cell"], f"the lowest test FG-ARI of the setting's {len(seeds)} seeds"))
+    return drawn
+
+
+def mask_folders(runs_dir: str | os.PathLike, cell: str, why: str = "") -> list[tuple[str, Path]]:
+    """The folders whose masks.npz the report draws for ``cell``, each with its title (the cell's name, and
+    ``why`` it is drawn), then its black-background control's (``black/``, where the cell ran one: ``black_steps``)."""
     folder = Path(runs_dir) / cell
     control = folder / "black"
-    return [(cell, folder)] + ([(f"{cell}, its black-background control", control)] if control.is_dir() else [])
+    title = f"{cell} ({why})" if why else cell
+    return [(title, folder)] + ([(f"{cell}, its black-background control", control)] if control.is_dir() else [])
 
 
 def plot_fg_ari_minutes(runs_dir: str | os.PathLike, table: pd.DataFrame) -> Any:
