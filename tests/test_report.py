@@ -218,7 +218,8 @@ def test_the_report_draws_a_settings_worst_seed_once_when_it_is_the_smallest(tmp
     write_discovery_cell(tmp_path, "seed0-aa", 0.50, 0.60, 10)
     write_discovery_cell(tmp_path, "seed1-bb", 0.70, 0.80, 10)
     write_discovery_cell(tmp_path, "seed2-cc", 0.90, 0.95, 10)
-    assert dr.drawn_cells(dr.collect(tmp_path)) == [("seed0-aa", "the smallest seed number")]
+    assert dr.drawn_cells(dr.collect(tmp_path)) == [
+        ("seed0-aa", "the smallest seed number and the lowest test FG-ARI of the setting's 3 seeds")]
 
 
 def test_a_damaged_masks_file_is_named_and_the_report_goes_on(discovery_dir):

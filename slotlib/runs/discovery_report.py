@@ -97,10 +97,13 @@ def drawn_cells(table: pd.DataFrame) -> list[tuple[str, str]]:
     drawn = []
     for setting, first in zip(seed_summary(table).get("setting", []), first_seed_per_setting(table)):
         seeds = done[done["setting"] == setting]
-        drawn.append((first, "the smallest seed number" if len(seeds) > 1 else "its only seed"))
-        worst = seeds.sort_values(["fg_ari", "cell"]).iloc[0]
-        if len(seeds) > 1 and worst["cell"] != first:
-            drawn.append((worst["cell"], f"the lowest test FG-ARI of the setting's {len(seeds)} seeds"))
+        if len(seeds) == 1:
+            drawn.append((first, "its only seed"))
+            continue
+        worst = seeds.sort_values(["fg_ari", "cell"]).iloc[0]["cell"]
+        lowest = f"the lowest test FG-ARI of the setting's {len(seeds)} seeds"
+        drawn += [(first, "the smallest seed number" + (f" and {lowest}" if worst == first else ""))]
+        drawn += [(worst, lowest)] if worst != first else []
     return drawn
 
 
