@@ -29,16 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+import discovery_paired   # this folder's: run as a script, it is on sys.path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
-from slotlib.config import DiscoveryConfig
 from slotlib.discover.fit import make_splits
 from slotlib.discover.metrics import error_metrics, evaluate, to_input
-from slotlib.discover.model import Output, SlotAutoEncoder
-from slotlib.runs.folder import load_checkpoint
+from slotlib.discover.model import Output, mixture_log_joint
 from slotlib.runtime import flushing_denormals
 
 ARMS = ("mse", "mix", "both")
@@ -46,8 +44,7 @@ ARMS = ("mse", "mix", "both")
 
 def mixture_nll(x: torch.Tensor, out: Output, var: float) -> torch.Tensor:
     """Mean over pixels of ``-2 var / 3 * log sum_k m_k exp(-|x - rgb_k|^2 / (2 var))`` (MSE units)."""
-    dist = (out.rgb - x[:, None]).square().sum(2, keepdim=True)            # [B,S,1,H,W]
-    log_p = torch.logsumexp(out.masks.clamp_min(1e-12).log() - dist / (2 * var), dim=1)   # [B,1,H,W]
+    log_p = torch.logsumexp(mixture_log_joint(x, out.rgb, out.masks, var), dim=1)    # [B,1,H,W]
     return (-2 * var / 3 * log_p).mean()
 
 
@@ -56,11 +53,9 @@ def main() -> None:
         sys.exit(f"usage: discovery_loss_probe.py RUN {{{','.join(ARMS)}}} STEPS LR SIGMA OUT")
     run, arm, steps, lr, sigma, out = (sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]),
                                        float(sys.argv[5]), Path(sys.argv[6]))
-    cfg = DiscoveryConfig.from_params(yaml.safe_load((Path(run) / "params.yaml").read_text()))
-    splits = make_splits(cfg)
     torch.manual_seed(123)                                                  # slot samples: the same in every arm
-    model = SlotAutoEncoder.from_config(cfg)
-    model.load_state_dict(load_checkpoint(Path(run) / "model.pt"))
+    cfg, model = discovery_paired.load(Path(run))
+    splits = make_splits(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     batches = torch.Generator().manual_seed(7)
     start = time.perf_counter()

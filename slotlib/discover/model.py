@@ -115,6 +115,13 @@ def compose(rgb: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch
     return recon, masks
 
 
+def mixture_log_joint(image: torch.Tensor, rgb: torch.Tensor, masks: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:
+    """log(masks_k) - |x - rgb_k|^2 / (2 var) per slot and pixel [B,S,1,H,W]: the decoder read as a per-pixel
+    Gaussian mixture (weights the masks, means the paintings), up to a constant; ``var`` broadcasts to it."""
+    dist = (rgb - image[:, None]).square().sum(2, keepdim=True)         # [B,S,1,H,W] squared colour distance
+    return masks.clamp_min(1e-12).log() - dist / (2 * var)
+
+
 @torch.no_grad()
 def posterior_masks(image: torch.Tensor, recon: torch.Tensor, rgb: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Each pixel's responsibilities under the decoder's mixture: p(slot k | pixel) [B,S,1,H,W].
@@ -127,8 +134,7 @@ def posterior_masks(image: torch.Tensor, recon: torch.Tensor, rgb: torch.Tensor,
     pixel goes to the slot whose colour it has. A readout only: no gradient, training is unchanged.
     """
     var = (recon - image).square().mean((1, 2, 3)).clamp_min(1e-6)     # [B] per image
-    dist = (rgb - image[:, None]).square().sum(2, keepdim=True)         # [B,S,1,H,W] squared colour distance
-    logits = masks.clamp_min(1e-12).log() - dist / (2 * var.view(-1, 1, 1, 1, 1))
+    logits = mixture_log_joint(image, rgb, masks, var.view(-1, 1, 1, 1, 1))
     return logits.softmax(dim=1)                                        # [B,S,1,H,W] sums to one over slots
 
 
