@@ -25,26 +25,36 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 import slotlib.discover.fit as discovery
-from slotlib.config import DiscoveryConfig
+from slotlib.config import ConfigError, DiscoveryConfig, load_params_file, parse_set
 from slotlib.discover.model import SlotAutoEncoder
 
 VARIANTS = ("as_set", "zero", "nopos", "replicate", "shift", "mean_shift", "mean_replicate")
+
+
+def base_config(sets: list[str], **changes) -> DiscoveryConfig:
+    """``params/object_discovery.yaml``'s base with ``KEY=VALUE`` overrides, then ``changes``, read as
+    ``slotlib train --set`` reads them (bad input: one sentence, exit 2)."""
+    path = Path(__file__).parents[1] / "params" / "object_discovery.yaml"
+    try:
+        return DiscoveryConfig.from_params({**load_params_file(path).base, **parse_set(sets), **changes},
+                                           where=f"{path.name}'s base and the KEY=VALUE arguments")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main() -> None:
     if len(sys.argv) < 3 or sys.argv[1] not in VARIANTS:
         sys.exit(f"usage: discovery_black_probe.py {{{','.join(VARIANTS)}}} OUT [KEY=VALUE ...]")
     variant, out = sys.argv[1], sys.argv[2]
-    params = yaml.safe_load((Path(__file__).parents[1] / "params" / "object_discovery.yaml").read_text())["base"]
-    params.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in sys.argv[3:])})
+    changes = {}
     if variant in ("zero", "nopos", "replicate", "shift"):
-        params["dec_colour_init"] = "zero"
+        changes["dec_colour_init"] = "zero"
     elif variant in ("mean_shift", "mean_replicate"):
-        params["dec_colour_init"] = "mean"
-    cfg = DiscoveryConfig.from_params(params)
+        changes["dec_colour_init"] = "mean"
+    cfg = base_config(sys.argv[3:], **changes)
     splits = discovery.make_splits(cfg)                                 # once: the probe and fit share them
     build = SlotAutoEncoder.from_config.__func__
 

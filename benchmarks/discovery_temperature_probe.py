@@ -19,17 +19,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
+import discovery_paired   # this folder's: run as a script, it is on sys.path
+from discovery_black_probe import base_config
 
 import slotlib.discover.fit as discovery
 import slotlib.discover.model as model_module
-from slotlib.config import DiscoveryConfig
 
 
 def paired(temperature: float, run_a: str, run_b: str) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    import discovery_paired
-
     load, evaluate, at = discovery_paired.load, discovery_paired.evaluate, {}
 
     def load_b(run: Path):   # remember which model is RUN_B's
@@ -56,9 +53,7 @@ def main() -> None:
     if len(sys.argv) < 3:
         sys.exit("usage: discovery_temperature_probe.py T OUT [KEY=VALUE ...] | --paired T RUN_A RUN_B")
     temperature, out = float(sys.argv[1]), sys.argv[2]
-    params = yaml.safe_load((Path(__file__).parents[1] / "params" / "object_discovery.yaml").read_text())["base"]
-    params.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in sys.argv[3:])})
-    cfg = DiscoveryConfig.from_params(params)
+    cfg = base_config(sys.argv[3:])
     compose = model_module.compose
     model_module.compose = lambda rgb, alpha: compose(rgb, alpha / temperature)   # SlotAutoEncoder.forward's
     discovery.fit(cfg, out, progress=False, echo=print)

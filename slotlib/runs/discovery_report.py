@@ -102,8 +102,10 @@ def drawn_cells(table: pd.DataFrame) -> list[tuple[str, str]]:
             continue
         worst = seeds.sort_values(["fg_ari", "cell"]).iloc[0]["cell"]
         lowest = f"the lowest test FG-ARI of the setting's {len(seeds)} seeds"
-        drawn += [(first, "the smallest seed number" + (f" and {lowest}" if worst == first else ""))]
-        drawn += [(worst, lowest)] if worst != first else []
+        if worst == first:
+            drawn.append((first, f"the smallest seed number and {lowest}"))
+        else:
+            drawn += [(first, "the smallest seed number"), (worst, lowest)]
     return drawn
 
 
