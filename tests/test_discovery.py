@@ -15,6 +15,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from slotlib import runtime
 from slotlib.config import Config, ConfigError, DiscoveryConfig, from_namespace, parse_params
+from slotlib.runs.folder import DamagedRunFile
 from slotlib.discover import fit as discovery
 from slotlib.discover.metrics import adjusted_rand_index, fg_ari
 from slotlib.discover.metrics import evaluate as discovery_evaluate
@@ -247,6 +248,58 @@ def test_few_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
     assert [r["step"] for r in run.history if not np.isnan(r["val_fg_ari"])] == [15, 30]
     again = discovery.fit(cfg, tmp_path, progress=False)  # a finished folder is loaded, not retrained
     assert again.metrics == json.loads((tmp_path / "metrics.json").read_text())
+
+
+def interrupt_at(monkeypatch, stop: int) -> None:
+    """Make the next fit stop with KeyboardInterrupt as it starts step ``stop`` (as a user's Ctrl-C would)."""
+    schedule = discovery.learning_rate
+
+    def learning_rate(step, cfg):
+        if step == stop:
+            raise KeyboardInterrupt
+        return schedule(step, cfg)
+    monkeypatch.setattr(discovery, "learning_rate", learning_rate)
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """Stopped at step 11, the run keeps last.pt from step 10; the same call resumes there and ends with the
+    weights, history and test figures of a run never stopped (same batches, same slot samples)."""
+    cfg = tiny_config(steps=16, eval_every=5, mask_entropy=0.05, mask_entropy_from=8)
+    whole = discovery.fit(cfg, tmp_path / "whole", progress=False)
+    interrupt_at(monkeypatch, 11)
+    with pytest.raises(KeyboardInterrupt):
+        discovery.fit(cfg, tmp_path / "cut", progress=False)
+    cut = tmp_path / "cut"
+    assert json.loads((cut / "metrics.json").read_text())["status"] == "running"   # not failed: it resumes
+    assert torch.load(cut / "last.pt", weights_only=True)["step"] == 10 and not (cut / "model.pt").exists()
+    monkeypatch.undo()
+    steps, schedule = [], discovery.learning_rate
+    monkeypatch.setattr(discovery, "learning_rate", lambda step, c: (steps.append(step), schedule(step, c))[1])
+    resumed = discovery.fit(cfg, cut, progress=False)
+    assert min(steps) == 11                                             # resumed, not trained again from step 1
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    timing = ("seconds", "steps_per_second")
+    assert [{k: v for k, v in row.items() if k not in timing} for row in resumed.history] == \
+        [{k: v for k, v in row.items() if k not in timing} for row in whole.history]     # at steps 5, 10, 15, 16
+    for key in ("fg_ari_alpha", "fg_ari_posterior", "test_mse", "val_fg_ari", "steps_done"):
+        assert resumed.metrics[key] == whole.metrics[key], key
+    assert not (cut / "last.pt").exists()                             # model.pt is final: last.pt goes
+
+
+def test_resume_refuses_last_pt_of_other_parameters_before_writing(tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        discovery.fit(tiny_config(steps=12, eval_every=5), tmp_path, progress=False)
+    monkeypatch.undo()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match=r"last\.pt was written by a run with different parameters .*; use another "
+                                          r"output folder or delete it$"):
+        discovery.fit(tiny_config(steps=12, eval_every=5, lr=1e-3), tmp_path, progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before            # nothing overwritten
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DamagedRunFile, match="last.pt"):
+        discovery.fit(tiny_config(steps=12, eval_every=5), tmp_path, progress=False)
 
 
 def test_mask_samples_are_the_test_scenes_the_mean_is_made_of(tmp_path):

@@ -26,6 +26,7 @@ from ..runs.folder import MASK_SAMPLES, load_checkpoint, read_history, read_metr
 from ..runtime import NonFiniteLossError, flushing_denormals, resolve_device
 from .metrics import error_metrics, evaluate, mask_samples, pixel_entropy, sample_arrays, to_input
 from .model import SlotAutoEncoder
+from .resume import CHECKPOINT_EVERY, LAST, LoopState, load_last, save_last
 
 if TYPE_CHECKING:
     from ..config import DiscoveryConfig
@@ -106,8 +107,9 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
     (atomically; ``status`` running -> done | failed; ``trained`` once the weights are final),
     ``model.pt`` and ``masks.npz`` (test scenes with both readouts' masks, for the grid report). A
     folder whose model is trained is loaded, not retrained (and given ``masks.npz`` if it lacks it).
-    There is no resume: an interrupted training starts again. With ``black_steps`` the status stays running
-    until :func:`fit_black` has finished the comparison, so a grid reruns a cell cut off there.
+    An interrupted run resumes from ``last.pt`` to the result it would have had (``resume.py``); it
+    refuses one of other parameters before writing anything. With ``black_steps`` the status stays
+    running until :func:`fit_black` has finished the comparison, so a grid reruns a cell cut off there.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,23 +132,27 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
         model.start_colour(mean_colour(splits.train.images))
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    order = torch.Generator().manual_seed(cfg.seed)                     # batch order: its own generator
+    state = LoopState(torch.Generator().manual_seed(cfg.seed))         # batch order: its own generator
+    resumed = load_last(out, cfg, model, opt, state, device)            # refuses another run's: nothing written yet
     write_atomic(out / "params.yaml", yaml.safe_dump(cfg.to_params(), sort_keys=False))
     metrics: dict[str, Any] = {"status": "running", "kind": "discovery", "digest": cfg.digest(),
-                               "params": cfg.to_params(), "steps": cfg.steps, "steps_done": 0,
+                               "params": cfg.to_params(), "steps": cfg.steps, "steps_done": state.step,
                                "n_params": sum(p.numel() for p in model.parameters()), "device": str(device),
-                               "num_threads": torch.get_num_threads(), "torch": torch.__version__, "error": None}
+                               "num_threads": torch.get_num_threads(), "torch": torch.__version__, "error": None,
+                               **state.scores}
     write_json(out / "metrics.json", metrics)
+    if resumed and (echo is not None or progress):
+        (echo or print)(f"resuming {out} from {LAST} at step {state.step} of {cfg.steps}")
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, desc=f"train ({cfg.background})", unit="step")
+        bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train ({cfg.background})", unit="step")
     start = time.perf_counter()
     # Sharp masks come from a saturated softmax whose small values are denormal floats, which make CPU
     # arithmetic several times slower (a run with mask_entropy fell from 13 to 2.5 steps/s).
     with flushing_denormals():
         try:
-            train_seconds = train_steps(model, opt, order, splits, cfg, device, out, metrics, bar, echo)
+            train_seconds = train_steps(model, opt, state, splits, cfg, device, out, metrics, bar, echo)
             if bar is not None:
                 bar.close()
             test = evaluate(model, splits.test, device, seed=1, masks=cfg.eval_masks)
@@ -161,6 +167,11 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
                            wall_seconds=round(time.perf_counter() - start, 1),
                            steps_per_second=round(cfg.steps / train_seconds, 3))
             write_json(out / "metrics.json", metrics)
+            (out / LAST).unlink(missing_ok=True)                        # model.pt is final
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            raise                                                       # status stays running: last.pt resumes it
         except BaseException as err:
             if bar is not None:
                 bar.close()
@@ -171,20 +182,22 @@ def fit(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, splits: SceneSpli
     return DiscoveryRun(cfg, out, model, splits, metrics)
 
 
-def train_steps(model: SlotAutoEncoder, opt: torch.optim.Optimizer, order: torch.Generator, splits: SceneSplits,
+def train_steps(model: SlotAutoEncoder, opt: torch.optim.Optimizer, state: LoopState, splits: SceneSplits,
                 cfg: "DiscoveryConfig", device: torch.device, out: Path, metrics: dict[str, Any], bar: Any,
                 echo: Callable[[str], Any] | None) -> float:
-    """The training steps of :func:`fit`, with ``history.csv`` and the running ``metrics.json`` written as they
-    go; returns the seconds spent training (evaluation not counted)."""
-    rows: list[dict] = []
-    train_seconds, window_loss, window_n, window_start = 0.0, 0.0, 0, time.perf_counter()
-    perm, pos = torch.randperm(len(splits.train), generator=order), 0
+    """The training steps of :func:`fit` from ``state.step + 1``, with ``history.csv``, the running
+    ``metrics.json`` and ``last.pt`` written as they go; returns the seconds spent training in all (this
+    call's and those before a resume; evaluation not counted)."""
+    rows, train_seconds = state.rows, state.train_seconds
+    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+    if state.perm is None:
+        state.perm = torch.randperm(len(splits.train), generator=state.order)
     model.train()
-    for step in range(1, cfg.steps + 1):
-        if pos + cfg.batch_size > len(perm):                        # a fresh order every pass
-            perm, pos = torch.randperm(len(splits.train), generator=order), 0
-        idx = perm[pos:pos + cfg.batch_size].numpy()
-        pos += cfg.batch_size
+    for step in range(state.step + 1, cfg.steps + 1):
+        if state.pos + cfg.batch_size > len(state.perm):            # a fresh order every pass
+            state.perm, state.pos = torch.randperm(len(splits.train), generator=state.order), 0
+        idx = state.perm[state.pos:state.pos + cfg.batch_size].numpy()
+        state.pos += cfg.batch_size
         x = to_input(splits.train.images[idx], device)              # [B,3,H,W]
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
@@ -218,6 +231,7 @@ def train_steps(model: SlotAutoEncoder, opt: torch.optim.Optimizer, order: torch
                 scores = {f"val_{k}": val[k] for k in ("fg_ari", "fg_ari_alpha", "fg_ari_posterior")}
                 row.update(scores, val_mse=val["mse"])
                 metrics.update(scores, val_mse=val["mse"])
+                state.scores = {**scores, "val_mse": val["mse"]}
                 if bar is not None:
                     bar.set_postfix(mse=f"{row['train_mse']:.4f}", fg_ari_alpha=f"{val['fg_ari_alpha']:.3f}",
                                     fg_ari_posterior=f"{val['fg_ari_posterior']:.3f}")
@@ -230,6 +244,9 @@ def train_steps(model: SlotAutoEncoder, opt: torch.optim.Optimizer, order: torch
             if evaluate_now:
                 metrics.update(steps_done=step, train_seconds=round(train_seconds, 1))
                 write_json(out / "metrics.json", metrics)
+            if evaluate_now or step % CHECKPOINT_EVERY == 0:
+                state.step, state.train_seconds = step, train_seconds
+                save_last(out, cfg, model, opt, state, device)
             window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
     return train_seconds
 
