@@ -1,6 +1,6 @@
 """Would a mixture likelihood train sharper alpha masks than MSE? Continue a trained model with each loss.
 
-    .venv/bin/python benchmarks/discovery_loss_probe.py RUN {mse,mix,both} STEPS LR SIGMA OUT
+    .venv/bin/python benchmarks/discovery_loss_probe.py RUN {mse,mix,both,distil} STEPS LR SIGMA OUT
     .venv/bin/python benchmarks/discovery_loss_probe.py outputs/discovery_dsprites_dec32/s12k_seed0 \\
         mix 2000 2.5e-4 0.1 outputs/probe_mix/ds0_mix_s01
 
@@ -14,7 +14,10 @@ the training scenes, the same ones in every arm), on one of three losses:
   N(x; rgb_k, sigma^2)`` per pixel, constants dropped and scaled so that with one-hot masks it is the MSE
   of the owning slot's painting. Its gradient pulls each mask towards the pixel's posterior (the
   ``posterior`` readout of ``slotlib.discover.model.posterior_masks``, with a fixed sigma);
-- ``both``: the MSE plus that.
+- ``both``: the MSE plus that;
+- ``distil``: the MSE plus SIGMA (here a weight, not a sigma) times the mean over pixels of
+  KL(posterior || masks), the posterior held fixed: the mixture's M-step for its weights alone, pulling
+  each alpha mask towards the model's own colour posterior and leaving the paintings to the MSE.
 
 Then evaluates the 500 test scenes as ``fit`` does and writes ``res.json`` (both readouts' FG-ARI, MSE,
 ``error_metrics``) and ``per_scene.npy`` (alpha FG-ARI per scene, for a paired test) to OUT, printing
@@ -39,13 +42,19 @@ from slotlib.discover.metrics import error_metrics, evaluate, to_input
 from slotlib.discover.model import Output, mixture_log_joint
 from slotlib.runtime import flushing_denormals
 
-ARMS = ("mse", "mix", "both")
+ARMS = ("mse", "mix", "both", "distil")
 
 
 def mixture_nll(x: torch.Tensor, out: Output, var: float) -> torch.Tensor:
     """Mean over pixels of ``-2 var / 3 * log sum_k m_k exp(-|x - rgb_k|^2 / (2 var))`` (MSE units)."""
     log_p = torch.logsumexp(mixture_log_joint(x, out.rgb, out.masks, var), dim=1)    # [B,1,H,W]
     return (-2 * var / 3 * log_p).mean()
+
+
+def posterior_kl(out: Output) -> torch.Tensor:
+    """Mean over pixels of KL(posterior || masks) over slots; the posterior is computed without gradient."""
+    post = out.posterior
+    return (post * (post.clamp_min(1e-12).log() - out.masks.clamp_min(1e-12).log())).sum(1).mean()
 
 
 def main() -> None:
@@ -67,7 +76,8 @@ def main() -> None:
             output = model(x)
             mse = F.mse_loss(output.recon, x)
             loss = {"mse": lambda: mse, "mix": lambda: mixture_nll(x, output, sigma ** 2),
-                    "both": lambda: mse + mixture_nll(x, output, sigma ** 2)}[arm]()
+                    "both": lambda: mse + mixture_nll(x, output, sigma ** 2),
+                    "distil": lambda: mse + sigma * posterior_kl(output)}[arm]()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
