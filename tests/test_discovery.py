@@ -466,6 +466,14 @@ def test_config_rejects_bad_values_in_one_sentence():
     assert DiscoveryConfig.from_params({**old, "dec_colour_init": "zero"}).digest() == "9b4bbbde"
 
 
+def test_dec_size_at_the_image_size_is_the_cell_id_of_0():
+    """0 means the image size, so spelling it out computes the same and must not make a new cell."""
+    assert DiscoveryConfig.from_params({"dec_size": 32}).digest() == DiscoveryConfig().digest()
+    big = DiscoveryConfig.from_params({"image_size": 64})
+    assert DiscoveryConfig.from_params({"image_size": 64, "dec_size": 64}).digest() == big.digest()
+    assert DiscoveryConfig.from_params({"image_size": 64, "dec_size": 32}).digest() != big.digest()
+
+
 def test_params_file_names_its_notebook():
     pf = parse_params({"notebook": "object_discovery.ipynb", "base": {"steps": 10},
                        "grid": {"background": ["grey", "black"]}}, "d.yaml")

@@ -137,6 +137,8 @@ class DiscoveryConfig:
         fields = {f.name: f for f in dataclasses.fields(self)}
         params = {k: v for k, v in self.to_params().items()
                   if k not in DISCOVERY_LOCAL_ONLY and not at_unhashed_value(fields[k], v)}   # newer keys at their old value
+        if params.get("dec_size") == self.image_size:   # the image size spelt out computes what 0 does: one cell id
+            del params["dec_size"]
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
 
 
