@@ -300,6 +300,10 @@ def test_resume_refuses_last_pt_of_other_parameters_before_writing(tmp_path, mon
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DamagedRunFile, match="last.pt"):
         discovery.fit(tiny_config(steps=12, eval_every=5), tmp_path, progress=False)
+    torch.save({"model": {}, "step": 3}, tmp_path / "last.pt")         # a torch file, but not this kind
+    with pytest.raises(ConfigError, match=r"last\.pt is not an object-discovery checkpoint \(it lacks digest, "
+                                          r"optimizer, .*\); delete it to start the run over$"):
+        discovery.fit(tiny_config(steps=12, eval_every=5), tmp_path, progress=False)
 
 
 def test_mask_samples_are_the_test_scenes_the_mean_is_made_of(tmp_path):

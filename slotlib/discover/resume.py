@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..config import DiscoveryConfig
 
 LAST = "last.pt"
-CHECKPOINT_EVERY = 500   # steps between checkpoints besides every evaluation (about a minute and a half on the CPU)
+CHECKPOINT_EVERY = 500   # steps between checkpoints besides every evaluation (one to two minutes on this CPU)
 KEYS = {"digest", "step", "model", "optimizer", "order", "perm", "pos", "rows", "train_seconds", "scores", "rng"}
 
 
