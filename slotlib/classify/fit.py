@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
 from ..runs.files import run_lock, save_torch_atomic, write_atomic, write_csv, write_json
-from ..runs.folder import load_checkpoint, read_metrics
+from ..runs.folder import load_checkpoint, read_metrics, require_same_parameters
 from ..runtime import autocast_dtype, describe_device, git_sha, seed_everything, versions
 from .experiment import Experiment, check_finished, prepare
 from .losses import HeadCollapseError
@@ -253,9 +253,7 @@ def load_resume(exp: Experiment, metrics: dict) -> tuple[RunState, dict | None]:
     ckpt = load_checkpoint(path, exp.device)
     if not isinstance(ckpt, dict) or not {"model", "state"} <= set(ckpt):
         raise ConfigError(f"{path} is not a slotlib checkpoint (no model and state); delete it to start the cell over")
-    if ckpt.get("digest") != exp.config.digest():
-        raise ConfigError(f"{path} was written by a run with different parameters (digest {ckpt.get('digest')}, "
-                          f"now {exp.config.digest()}); use another output folder or delete it")
+    require_same_parameters(path, ckpt, exp.config.digest())
     check_same_data(exp, ckpt, metrics)   # metrics: the folder's metrics.json, read once by the caller
     exp.model.load_state_dict(ckpt["model"])
     state = RunState(**ckpt["state"])

@@ -188,7 +188,6 @@ def train_steps(model: SlotAutoEncoder, opt: torch.optim.Optimizer, state: LoopS
     """The training steps of :func:`fit` from ``state.step + 1``, with ``history.csv``, the running
     ``metrics.json`` and ``last.pt`` written as they go; returns the seconds spent training in all (this
     call's and those before a resume; evaluation not counted)."""
-    rows, train_seconds = state.rows, state.train_seconds
     window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
     if state.perm is None:
         state.perm = torch.randperm(len(splits.train), generator=state.order)
@@ -213,6 +212,7 @@ def train_steps(model: SlotAutoEncoder, opt: torch.optim.Optimizer, state: LoopS
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        state.step = step
         window_loss, window_n = window_loss + mse.item(), window_n + 1   # the MSE alone, penalty or not
         if bar is not None:
             bar.update(1)
@@ -221,34 +221,33 @@ def train_steps(model: SlotAutoEncoder, opt: torch.optim.Optimizer, state: LoopS
         evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
         if evaluate_now or step % LOG_EVERY == 0:
             seconds = time.perf_counter() - window_start                # training time only, not evaluation
-            train_seconds += seconds
+            state.train_seconds += seconds
             row = {"step": step, "train_mse": window_loss / window_n, "lr": learning_rate(step, cfg),
-                   "seconds": round(train_seconds, 2), "steps_per_second": round(window_n / seconds, 3),
+                   "seconds": round(state.train_seconds, 2), "steps_per_second": round(window_n / seconds, 3),
                    **{c: "" for c in HISTORY_COLUMNS[5:]}}
             if evaluate_now and cfg.val_scenes:
                 val = evaluate(model, splits.val, device, masks=cfg.eval_masks)
                 model.train()
-                scores = {f"val_{k}": val[k] for k in ("fg_ari", "fg_ari_alpha", "fg_ari_posterior")}
-                row.update(scores, val_mse=val["mse"])
-                metrics.update(scores, val_mse=val["mse"])
-                state.scores = {**scores, "val_mse": val["mse"]}
+                state.scores = {**{f"val_{k}": val[k] for k in ("fg_ari", "fg_ari_alpha", "fg_ari_posterior")},
+                                "val_mse": val["mse"]}
+                row.update(state.scores)
+                metrics.update(state.scores)
                 if bar is not None:
                     bar.set_postfix(mse=f"{row['train_mse']:.4f}", fg_ari_alpha=f"{val['fg_ari_alpha']:.3f}",
                                     fg_ari_posterior=f"{val['fg_ari_posterior']:.3f}")
                 if echo is not None:
                     echo(f"step {step}  train_mse {row['train_mse']:.5f}  val_fg_ari alpha "
                          f"{val['fg_ari_alpha']:.4f} posterior {val['fg_ari_posterior']:.4f}  "
-                         f"{row['steps_per_second']:.2f} steps/s  {train_seconds:.0f} s")
-            rows.append(row)
-            write_history(out / "history.csv", rows)
+                         f"{row['steps_per_second']:.2f} steps/s  {state.train_seconds:.0f} s")
+            state.rows.append(row)
+            write_history(out / "history.csv", state.rows)
             if evaluate_now:
-                metrics.update(steps_done=step, train_seconds=round(train_seconds, 1))
+                metrics.update(steps_done=step, train_seconds=round(state.train_seconds, 1))
                 write_json(out / "metrics.json", metrics)
             if evaluate_now or step % CHECKPOINT_EVERY == 0:
-                state.step, state.train_seconds = step, train_seconds
                 save_last(out, cfg, model, opt, state, device)
             window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-    return train_seconds
+    return state.train_seconds
 
 
 def fit_black(cfg: "DiscoveryConfig", out_dir: str | os.PathLike, *, progress: bool = True) -> DiscoveryRun | None:

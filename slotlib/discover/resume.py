@@ -18,7 +18,7 @@ import torch
 
 from ..config import ConfigError
 from ..runs.files import save_torch_atomic
-from ..runs.folder import load_checkpoint
+from ..runs.folder import load_checkpoint, require_same_parameters
 
 if TYPE_CHECKING:
     from ..config import DiscoveryConfig
@@ -82,9 +82,7 @@ def load_last(out: Path, cfg: "DiscoveryConfig", model: torch.nn.Module, opt: to
         raise ConfigError(f"{path} is not an object-discovery checkpoint (it lacks "
                           f"{', '.join(sorted(KEYS - set(ckpt) if isinstance(ckpt, dict) else KEYS))}); "
                           f"delete it to start the run over")
-    if ckpt["digest"] != cfg.digest():
-        raise ConfigError(f"{path} was written by a run with different parameters (digest {ckpt['digest']}, "
-                          f"now {cfg.digest()}); use another output folder or delete it")
+    require_same_parameters(path, ckpt, cfg.digest())
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     state.order.set_state(ckpt["order"])

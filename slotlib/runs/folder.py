@@ -199,6 +199,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
                        "delete it (last.pt: the cell starts over; best.pt: retrain the cell)") from None
 
 
+def require_same_parameters(path: Path, ckpt: dict, digest: str) -> None:
+    """Refuse to resume from checkpoint ``path`` when its run's parameters (``ckpt["digest"]``) are not ``digest``:
+    the one sentence both applications' resume gives, before anything is written."""
+    if ckpt.get("digest") != digest:
+        raise ConfigError(f"{path} was written by a run with different parameters (digest {ckpt.get('digest')}, "
+                          f"now {digest}); use another output folder or delete it")
+
+
 def config_of(cell: str) -> str:
     """A cell folder's name less its seed and id, the cells of one configuration over seeds:
     ``scouter_ep28_seed1-25371c87`` -> ``scouter_ep28``; ``seed2-8114d277`` -> ``base``; ``my_cell`` stays."""
