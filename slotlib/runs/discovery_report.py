@@ -81,12 +81,17 @@ def headline(table: pd.DataFrame) -> str:
                                   else "") + ".</p>")
 
 
-def first_seed_per_setting(table: pd.DataFrame) -> list[str]:
-    """Per setting, best first, the finished cell with the smallest seed number: whose masks the report draws."""
+def _first_seeds(table: pd.DataFrame) -> dict[str, str]:
+    """Setting -> its finished cell with the smallest seed number, settings best first."""
     order = list(seed_summary(table).get("setting", []))
     done = table[table["status"] == "done"].sort_values(["seed", "cell"], na_position="last")
     firsts = done.drop_duplicates("setting").set_index("setting")["cell"]
-    return [firsts[s] for s in order]
+    return {s: firsts[s] for s in order}
+
+
+def first_seed_per_setting(table: pd.DataFrame) -> list[str]:
+    """Per setting, best first, the finished cell with the smallest seed number: whose masks the report draws."""
+    return list(_first_seeds(table).values())
 
 
 def drawn_cells(table: pd.DataFrame) -> list[tuple[str, str]]:
@@ -95,7 +100,7 @@ def drawn_cells(table: pd.DataFrame) -> list[tuple[str, str]]:
     headline readout (``fg_ari``), so a seed that failed is seen, not averaged away."""
     done = table[table["status"] == "done"]
     drawn = []
-    for setting, first in zip(seed_summary(table).get("setting", []), first_seed_per_setting(table)):
+    for setting, first in _first_seeds(table).items():
         seeds = done[done["setting"] == setting]
         if len(seeds) == 1:
             drawn.append((first, "its only seed"))
